@@ -1,0 +1,147 @@
+"""Configuration: yacs defaults (``config/defaults.py``) merged with a YAML file and ``KEY VALUE`` pairs."""
+
+import ast
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from utils.errors import UserError
+
+from .defaults import _C
+
+__all__ = ["get_default_config", "load_config", "merge_overrides"]
+
+# Keys whose value must be one of a fixed set (checked after merging, so errors name the key).
+_CHOICES = {
+    "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
+    "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
+    "DATASETS.NAMES": ("RGBNT201", "Market-MM", "RGBNT100", "MSVR310", "Synthetic"),
+    "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
+    "SOLVER.SCHEDULER": ("cosine", "multistep"),
+    "SOLVER.AMP": ("off", "fp16", "bf16"),
+    "TEST.NECK_FEAT": ("before", "after"),
+}
+
+
+def get_default_config() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
+
+
+def _coerce(value, default, key: str, origin: str):
+    """Return ``value`` converted to the type of ``default``, or raise a UserError naming ``key``."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, str):  # the reference configs write single-element tuples as "('x')"
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            if default and value:
+                return [_coerce(v, default[0], key, origin) for v in value]
+            return list(value)
+    raise UserError(
+        f"{origin}: {key} must be {type(default).__name__} (like {default!r}), got {value!r}"
+    )
+
+
+def _merge_dict(cfg: CN, values: dict, origin: str, prefix: str = "") -> None:
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in cfg:
+            raise UserError(f"{origin}: unknown config key {key}")
+        if isinstance(cfg[name], CN):
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: {key} is a section, got {value!r}")
+            _merge_dict(cfg[name], value, origin, key + ".")
+        else:
+            cfg[name] = _coerce(value, cfg[name], key, origin)
+
+
+def _parse_value(text: str):
+    """A command-line value: a Python literal when it is one (numbers, booleans, lists), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def merge_overrides(cfg: CN, opts: list[str]) -> None:
+    """Merge ``["KEY", "VALUE", ...]`` pairs from the command line into ``cfg`` (in place)."""
+    if len(opts) % 2:
+        raise UserError(f"command line: overrides come as KEY VALUE pairs, {opts[-1]!r} has no value")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node = cfg
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
+            if part not in node or not isinstance(node[part], CN):
+                raise UserError(f"command line: unknown config key {'.'.join(parents[: i + 1])}")
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], CN):
+            raise UserError(f"command line: unknown config key {key}")
+        node[leaf] = _coerce(_parse_value(text), node[leaf], key, "command line")
+
+
+def _validate(cfg: CN) -> None:
+    for key, allowed in _CHOICES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node not in allowed:
+            raise UserError(f"config: {key} must be one of {', '.join(allowed)}; got {node!r}")
+    mods = list(cfg.MODEL.MODALITIES)
+    if len(set(mods)) != len(mods) or len(mods) < 2:
+        raise UserError(f"config: MODEL.MODALITIES must list at least two distinct names, got {mods}")
+    if sorted(cfg.MODEL.HEAT.ORDER) != sorted(mods):
+        raise UserError(
+            f"config: MODEL.HEAT.ORDER {list(cfg.MODEL.HEAT.ORDER)} must be a permutation of "
+            f"MODEL.MODALITIES {mods}"
+        )
+    if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
+        raise UserError(
+            f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
+            f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"
+        )
+    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
+        size = cfg.INPUT[key.split(".")[1]]
+        if len(size) != 2 or min(size) <= 0:
+            raise UserError(f"config: {key} must be [height, width] in pixels, got {list(size)}")
+    miss = cfg.TEST.MISS
+    initials = {m[0].lower() for m in mods}
+    if miss not in ("none", "all") and (not set(miss) <= initials or len(set(miss)) != len(miss)
+                                        or len(miss) >= len(mods)):
+        raise UserError(
+            f"config: TEST.MISS must be 'none', 'all' or a combination of {''.join(sorted(initials))} "
+            f"leaving at least one modality; got {miss!r}"
+        )
+
+
+def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:
+    """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
+    cfg = get_default_config()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise UserError(f"config file not found: {config_file}")
+        try:
+            with open(config_file) as f:
+                values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{config_file}: expected a mapping of config sections")
+        _merge_dict(cfg, values, config_file)
+    merge_overrides(cfg, list(opts or []))
+    _validate(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

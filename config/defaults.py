@@ -1,0 +1,189 @@
+"""Every configuration key of the project, declared once, with its meaning, unit and allowed values.
+
+Dataset YAML files under ``configs/`` list only what differs from these defaults; command-line
+``KEY VALUE`` pairs override both. Booleans are real booleans (``True``/``False``).
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# -----------------------------------------------------------------------------------------------------
+# MODEL
+# -----------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Device for training and inference: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+# Under torchrun each process uses the CUDA device of its LOCAL_RANK.
+_C.MODEL.DEVICE = "auto"
+# Backbone architecture (see model/backbone.py ARCHS): "ViT-B-16" is CLIP's ViT-B/16 (the paper);
+# "ViT-Mini-8" is a small CLIP-style ViT (patch 8, 192-d, 4 blocks) for the Synthetic demo and tests.
+_C.MODEL.NAME = "ViT-B-16"
+# Backbone weights: "openai" downloads OpenAI's ViT-B-16.pt once (SHA256-verified) into
+# MODEL.PRETRAIN_CACHE; a path reads a local OpenAI checkpoint (TorchScript archive or state dict with
+# "visual.*" keys); "" means random initialisation. Ignored when TEST.WEIGHT holds a whole model.
+_C.MODEL.PRETRAIN_PATH = "openai"
+# Directory for downloaded weights; "" means $XDG_CACHE_HOME/mhcf (default ~/.cache/mhcf).
+_C.MODEL.PRETRAIN_CACHE = ""
+# Modalities, in the order of the dataset's sub-folders and of every concatenated feature.
+_C.MODEL.MODALITIES = ["RGB", "NI", "TI"]
+# True: one backbone shared by all modalities, run as one batch (MHCF). False: one backbone per modality.
+_C.MODEL.SHARED_BACKBONE = True
+# True: only the three fused heads (ori, heat_cls, heat_pat) are trained, as the authors' person configs.
+# False: one extra BNNeck head per modality on its backbone class token (the authors' vehicle configs).
+_C.MODEL.DIRECT = True
+# True: soft-margin triplet loss (log(1 + exp(d_ap - d_an))); False: margin SOLVER.MARGIN.
+_C.MODEL.NO_MARGIN = False
+# Weight of every ID (label-smoothed cross-entropy) loss term.
+_C.MODEL.ID_LOSS_WEIGHT = 1.0
+# Weight of every triplet loss term.
+_C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+# Label smoothing of the ID loss (0 disables it).
+_C.MODEL.LABEL_SMOOTHING = 0.1
+# Stochastic depth rate of the backbone blocks (0 disables it).
+_C.MODEL.DROP_PATH = 0.0
+# Recompute backbone activations in the backward pass (saves memory for large batches, costs ~30% time).
+_C.MODEL.GRAD_CKPT = False
+# Convert BatchNorm layers to SyncBatchNorm under distributed training.
+_C.MODEL.SYNC_BN = False
+# Wrap the model with torch.compile (PyTorch 2 graph compiler) for training and inference.
+_C.MODEL.COMPILE = False
+
+# Heat conduction between modalities (DESIGN §4).
+_C.MODEL.HEAT = CN()
+# Diffusion of step 3: "dct" (exact Neumann heat kernel, DESIGN §4.1-4.2) or "stencil" (the authors'
+# released operator, DESIGN §4.4, needed to evaluate their checkpoints).
+_C.MODEL.HEAT.DIFFUSION = "dct"
+# Order of the modality cycle: edges ORDER[0]->ORDER[1]->...->ORDER[-1]->ORDER[0] (a permutation of
+# MODEL.MODALITIES).
+_C.MODEL.HEAT.ORDER = ["RGB", "NI", "TI"]
+# Number of heat cycles (the paper uses 3).
+_C.MODEL.HEAT.NUM_CYCLES = 3
+# True: one operator's weights serve every edge and cycle (the authors' code). False: one operator per edge.
+_C.MODEL.HEAT.SHARE_OPERATOR = True
+# Initial value of alpha (class<->patch conduction strength) and beta (cross-modal patch heat).
+_C.MODEL.HEAT.ALPHA = 0.3
+_C.MODEL.HEAT.BETA = 0.2
+# Diffusion time tau of the dct operator (dimensionless; one unit = one grid-Laplacian time step).
+_C.MODEL.HEAT.TAU = 1.0
+# Learn tau (through its logarithm) together with the network.
+_C.MODEL.HEAT.LEARN_TAU = True
+# Initial per-channel conductivity k_t = softplus(theta_t) of every target modality (dct only).
+_C.MODEL.HEAT.INIT_CONDUCTIVITY = 0.1
+
+# -----------------------------------------------------------------------------------------------------
+# INPUT
+# -----------------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Image size [H, W] in pixels for training and test (persons 256x128, vehicles 128x256).
+_C.INPUT.SIZE_TRAIN = [256, 128]
+_C.INPUT.SIZE_TEST = [256, 128]
+# Probability of a horizontal flip.
+_C.INPUT.PROB = 0.5
+# Probability of random erasing (area 2-33% of the image, aspect 0.3-3.3, random pixel values).
+_C.INPUT.RE_PROB = 0.5
+# Zero padding in pixels before the random crop back to SIZE_TRAIN.
+_C.INPUT.PADDING = 10
+# Per-channel normalisation mean and std (images in [0, 1]).
+_C.INPUT.PIXEL_MEAN = [0.5, 0.5, 0.5]
+_C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
+# False: every modality draws its own random flip/crop/erasing (the reference code). True: one set of
+# random parameters for all modalities of a sample, keeping them pixel-aligned.
+_C.INPUT.SYNC_AUG = False
+
+# -----------------------------------------------------------------------------------------------------
+# DATASETS
+# -----------------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Benchmark: "RGBNT201", "Market-MM", "RGBNT100", "MSVR310" or "Synthetic" (generated on first use).
+_C.DATASETS.NAMES = "RGBNT201"
+# Directory holding the dataset folders (README: "Datasets").
+_C.DATASETS.ROOT_DIR = "./data"
+
+# -----------------------------------------------------------------------------------------------------
+# DATALOADER
+# -----------------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per loader (0 loads in the main process).
+_C.DATALOADER.NUM_WORKERS = 8
+# Instances per identity in a training batch (K of the PxK sampler); SOLVER.IMS_PER_BATCH must be a
+# multiple of it.
+_C.DATALOADER.NUM_INSTANCE = 8
+# Keep decoded images in memory after their first read (worth it for small datasets; RAM = images x
+# decoded size).
+_C.DATALOADER.CACHE = False
+# Page-locked host memory for faster host-to-GPU copies (CUDA only).
+_C.DATALOADER.PIN_MEMORY = True
+# Keep worker processes alive between epochs.
+_C.DATALOADER.PERSISTENT_WORKERS = True
+
+# -----------------------------------------------------------------------------------------------------
+# SOLVER
+# -----------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# "Adam", "AdamW" or "SGD".
+_C.SOLVER.OPTIMIZER_NAME = "Adam"
+# Learning rate of every parameter; biases get BASE_LR * BIAS_LR_FACTOR.
+_C.SOLVER.BASE_LR = 3.5e-5
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+# L2 weight decay of weights and of biases.
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+# SGD momentum.
+_C.SOLVER.MOMENTUM = 0.9
+# Training length in epochs (one epoch = one pass of the PxK sampler over the training identities).
+_C.SOLVER.MAX_EPOCHS = 40
+# Samples per training batch, summed over all processes (each sample has every modality).
+_C.SOLVER.IMS_PER_BATCH = 64
+# Triplet loss margin (ignored when MODEL.NO_MARGIN).
+_C.SOLVER.MARGIN = 0.8
+# Learning-rate schedule per epoch: "cosine" or "multistep".
+_C.SOLVER.SCHEDULER = "cosine"
+# Linear warm-up over WARMUP_EPOCHS epochs from WARMUP_FACTOR * BASE_LR.
+_C.SOLVER.WARMUP_EPOCHS = 5
+_C.SOLVER.WARMUP_FACTOR = 0.01
+# Cosine: final learning rate as a fraction of BASE_LR.
+_C.SOLVER.COSINE_MIN_FACTOR = 0.002
+# Multistep: epochs at which the learning rate is multiplied by GAMMA.
+_C.SOLVER.STEPS = [20, 50]
+_C.SOLVER.GAMMA = 0.1
+# Mixed precision: "off" (float32), "fp16" (with gradient scaling) or "bf16". The heat kernel always
+# runs in float32.
+_C.SOLVER.AMP = "off"
+# Save a numbered snapshot every N epochs (0: only last.pth and model_final.pth).
+_C.SOLVER.CHECKPOINT_PERIOD = 0
+# Log every N iterations.
+_C.SOLVER.LOG_PERIOD = 10
+# Evaluate on the test set every N epochs during training (0: only after the final epoch). Such
+# intermediate figures are chosen on the test set and are labelled so.
+_C.SOLVER.EVAL_PERIOD = 0
+# Seed of every random generator (data order, augmentation, initialisation).
+_C.SOLVER.SEED = 42
+# Continue from OUTPUT_DIR/last.pth when it exists.
+_C.SOLVER.RESUME = False
+
+# -----------------------------------------------------------------------------------------------------
+# TEST
+# -----------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Samples per inference batch.
+_C.TEST.IMS_PER_BATCH = 128
+# Checkpoint to evaluate (ours or the authors' released format); "" evaluates the freshly built model.
+_C.TEST.WEIGHT = ""
+# L2-normalise test features (distances then rank as cosine similarity).
+_C.TEST.FEAT_NORM = True
+# Test feature taken "before" or "after" the BNNeck batch norms.
+_C.TEST.NECK_FEAT = "before"
+# Missing modalities at test time, in query and gallery: "none", a combination of the modalities'
+# initials ("r", "n", "t", "rn", "rt", "nt"), or "all" to sweep none and the six settings.
+_C.TEST.MISS = "none"
+# k-reciprocal re-ranking (Zhong et al., CVPR 2017) and its parameters.
+_C.TEST.RE_RANKING = False
+_C.TEST.RE_RANKING_K1 = 20
+_C.TEST.RE_RANKING_K2 = 6
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# Queries per evaluation chunk (bounds evaluation memory to about EVAL_CHUNK x gallery size x 16 bytes).
+_C.TEST.EVAL_CHUNK = 256
+
+# -----------------------------------------------------------------------------------------------------
+# Output directory: logs, TensorBoard events, checkpoints and test_results.json.
+_C.OUTPUT_DIR = "./output"

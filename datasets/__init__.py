@@ -1,0 +1,25 @@
+"""Datasets: one class per benchmark behind :func:`make_dataset`, and the data loaders of a config."""
+
+from utils.errors import UserError
+
+from .bases import MultiModalDataset, Sample
+from .loader import ImageDataset, make_test_loader, make_train_loader
+from .market_mm import MarketMM
+from .msvr310 import MSVR310
+from .rgbnt100 import RGBNT100
+from .rgbnt201 import RGBNT201
+from .synthetic import Synthetic
+
+DATASETS: dict[str, type[MultiModalDataset]] = {
+    cls.name: cls for cls in (RGBNT201, MarketMM, RGBNT100, MSVR310, Synthetic)
+}
+
+__all__ = ["DATASETS", "ImageDataset", "MultiModalDataset", "Sample", "make_dataset", "make_test_loader",
+           "make_train_loader"]
+
+
+def make_dataset(name: str, root: str) -> MultiModalDataset:
+    """The benchmark ``name`` read from ``root`` (records in ``.train``, ``.query``, ``.gallery``)."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r} (DATASETS.NAMES); choose one of {', '.join(DATASETS)}")
+    return DATASETS[name](root)

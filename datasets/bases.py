@@ -1,0 +1,178 @@
+"""What every multi-modal ReID benchmark shares: records, discovery, checks, relabelling, statistics.
+
+A benchmark is one small subclass of :class:`MultiModalDataset` declaring its folder names, the
+sub-folder of each modality, a file-name parser and its evaluation protocol (DATASETS.md).
+"""
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from PIL import Image
+
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One multi-modal sample: identity, camera, scene (-1 when the dataset has none), file per modality."""
+
+    pid: int
+    camid: int
+    sceneid: int
+    paths: Mapping[str, str]
+
+
+def read_image(path: str) -> Image.Image:
+    """Open ``path`` as 3-channel RGB (NI and TI included), naming the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+class MultiModalDataset:
+    """Base class: finds the dataset folder, lists the splits, checks every modality file exists.
+
+    Subclasses declare the class attributes below and, when the layout differs from
+    ``<split>/<modality folder>/<file>``, override :meth:`list_split`.
+    """
+
+    name: ClassVar[str]
+    #: accepted names of the dataset folder under the root (first one is the canonical spelling)
+    dirnames: ClassVar[tuple[str, ...]]
+    #: split -> folder relative to the dataset folder (query and gallery may share one)
+    splits: ClassVar[Mapping[str, str]]
+    #: modality -> sub-folder holding its images
+    modality_dirs: ClassVar[Mapping[str, str]] = {"RGB": "RGB", "NI": "NI", "TI": "TI"}
+    #: parser of a file's base name; named groups ``pid``, ``cam`` and optionally ``scene``
+    filename_re: ClassVar[re.Pattern]
+    #: subtracted from the parsed camera number (cameras numbered from 1 become 0-based)
+    cam_offset: ClassVar[int] = 1
+    #: evaluation rule: "camera" drops gallery items with the query's pid and camera, "scene" those
+    #: with the query's pid and scene (MSVR310)
+    protocol: ClassVar[str] = "camera"
+    #: the expected tree, shown when a folder is missing
+    tree: ClassVar[str]
+
+    def __init__(self, root: str):
+        self.root = root
+        self.dataset_dir = self._find_dataset_dir(root)
+        self.modalities = tuple(self.modality_dirs)
+        self.train = self._relabel(self._load_split("train"))
+        self.query = self._load_split("query")
+        self.gallery = self.query if self.splits["gallery"] == self.splits["query"] else self._load_split("gallery")
+        logger.info("%s", self.format_statistics())
+
+    # --- what subclasses may override ---------------------------------------------------------------
+    def parse_name(self, filename: str) -> tuple[int, int, int] | None:
+        """``(pid, camid, sceneid)`` from a file's base name, or None for a file the benchmark ignores."""
+        match = self.filename_re.match(filename)
+        if match is None:
+            raise UserError(
+                f"{self.name}: cannot parse file name {filename!r} (expected {self.filename_re.pattern})"
+            )
+        groups = match.groupdict()
+        pid = int(groups["pid"])
+        scene = int(groups["scene"]) if groups.get("scene") is not None else -1
+        return pid, int(groups["cam"]) - self.cam_offset, scene
+
+    def list_split(self, split_dir: str) -> list[tuple[str, dict[str, str]]]:
+        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout."""
+        anchor_dir = next(iter(self.modality_dirs.values()))
+        names = _image_files(os.path.join(split_dir, anchor_dir), self)
+        for sub in self.modality_dirs.values():
+            self._require_dir(os.path.join(split_dir, sub))
+        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in self.modality_dirs.items()})
+                for n in names]
+
+    def read(self, sample: Sample) -> dict[str, Image.Image]:
+        """The decoded images of ``sample``, one per modality."""
+        return {m: read_image(sample.paths[m]) for m in self.modalities}
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def eval_metadata(self, query: Sequence[Sample], gallery: Sequence[Sample]) -> dict:
+        """Keyword arguments of :func:`utils.metrics.evaluate_rank` implementing this dataset's protocol."""
+        meta = {
+            "q_pids": [s.pid for s in query], "g_pids": [s.pid for s in gallery],
+            "q_camids": [s.camid for s in query], "g_camids": [s.camid for s in gallery],
+        }
+        if self.protocol == "scene":
+            meta["q_sceneids"] = [s.sceneid for s in query]
+            meta["g_sceneids"] = [s.sceneid for s in gallery]
+        return meta
+
+    # --- statistics -----------------------------------------------------------------------------------
+    @property
+    def num_train_pids(self) -> int:
+        return len({s.pid for s in self.train})
+
+    @property
+    def num_cameras(self) -> int:
+        return len({s.camid for split in (self.train, self.query, self.gallery) for s in split})
+
+    def statistics(self) -> dict[str, tuple[int, int, int]]:
+        """split -> (# ids, # samples, # cameras)."""
+        return {split: (len({s.pid for s in records}), len(records), len({s.camid for s in records}))
+                for split, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery))}
+
+    def format_statistics(self) -> str:
+        lines = [f"Dataset {self.name} ({self.dataset_dir}), modalities {', '.join(self.modalities)}, "
+                 f"protocol: {self.protocol}",
+                 "  subset  |  # ids | # samples | # cameras",
+                 "  --------+--------+-----------+----------"]
+        for split, (ids, samples, cams) in self.statistics().items():
+            lines.append(f"  {split:<7} | {ids:6d} | {samples:9d} | {cams:9d}")
+        return "\n".join(lines)
+
+    # --- discovery ------------------------------------------------------------------------------------
+    def _find_dataset_dir(self, root: str) -> str:
+        for dirname in self.dirnames:
+            path = os.path.join(root, dirname)
+            if os.path.isdir(path):
+                return path
+        tried = " or ".join(os.path.join(root, d) for d in self.dirnames)
+        raise UserError(f"{self.name}: dataset folder not found: {tried} (set DATASETS.ROOT_DIR). "
+                        f"Expected tree:\n{self.tree}")
+
+    def _require_dir(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise UserError(f"{self.name}: folder not found: {path}. Expected tree:\n{self.tree}")
+
+    def _load_split(self, split: str) -> list[Sample]:
+        split_dir = os.path.join(self.dataset_dir, self.splits[split])
+        self._require_dir(split_dir)
+        samples = []
+        for filename, paths in self.list_split(split_dir):
+            parsed = self.parse_name(filename)
+            if parsed is None:
+                continue
+            for modality, path in paths.items():
+                if not os.path.isfile(path):
+                    raise UserError(f"{self.name}: sample {filename} in {split_dir} has no {modality} image "
+                                    f"(expected {path})")
+            pid, camid, sceneid = parsed
+            samples.append(Sample(pid, camid, sceneid, dict(paths)))
+        if not samples:
+            raise UserError(f"{self.name}: no images found in {split_dir}. Expected tree:\n{self.tree}")
+        return samples
+
+    @staticmethod
+    def _relabel(samples: list[Sample]) -> list[Sample]:
+        """Train identities become contiguous labels 0..P-1 in the order of the sorted raw ids."""
+        label = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
+        return [Sample(label[s.pid], s.camid, s.sceneid, s.paths) for s in samples]
+
+
+def _image_files(folder: str, dataset: MultiModalDataset) -> list[str]:
+    """Sorted image file names of ``folder`` (a missing folder is a UserError showing the tree)."""
+    dataset._require_dir(folder)
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))

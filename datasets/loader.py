@@ -1,0 +1,99 @@
+"""Torch datasets and loaders over benchmark records."""
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from yacs.config import CfgNode
+
+from .bases import MultiModalDataset, Sample
+from .samplers import IdentitySampler
+from .transforms import MultiModalTransform, build_image_transform
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Run the block with python's and torch's generators seeded by ``seed``, then restore them.
+
+    Augmentation then depends only on the item's seed, not on the worker that draws it or on what ran
+    before, which makes resumed runs bit-identical.
+    """
+    py_state, torch_state = random.getstate(), torch.get_rng_state()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.set_rng_state(torch_state)
+
+
+class ImageDataset(Dataset):
+    """Items are dicts ``{modality: 3xHxW tensor, "pid", "camid", "sceneid", "index"}``.
+
+    Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation).
+    With ``cache=True`` every sample is decoded once, up front, and kept in memory (shared with forked
+    workers).
+    """
+
+    def __init__(self, dataset: MultiModalDataset, samples: Sequence[Sample], transform: MultiModalTransform,
+                 cache: bool = False):
+        self.dataset = dataset
+        self.samples = list(samples)
+        self.transform = transform
+        self.cache: list[dict[str, Image.Image]] | None = None
+        if cache:
+            start = time.time()
+            self.cache = [dataset.read(s) for s in self.samples]
+            logger.info("cached %d decoded samples in %.1f s", len(self.cache), time.time() - start)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        sample = self.samples[index]
+        images = self.cache[index] if self.cache is not None else self.dataset.read(sample)
+        if seed is None:
+            tensors = self.transform(images)
+        else:
+            with _seeded(seed):
+                tensors = self.transform(images)
+        return {**tensors, "pid": sample.pid, "camid": sample.camid, "sceneid": sample.sceneid, "index": index}
+
+
+def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return {"num_workers": workers, "pin_memory": pin_memory and cfg.DATALOADER.PIN_MEMORY,
+            "persistent_workers": workers > 0 and cfg.DATALOADER.PERSISTENT_WORKERS}
+
+
+def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> DataLoader:
+    """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
+    size = cfg.INPUT.SIZE_TRAIN
+    transform = build_image_transform(True, size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                                      flip_prob=cfg.INPUT.PROB, padding=cfg.INPUT.PADDING,
+                                      erase_prob=cfg.INPUT.RE_PROB)
+    data = ImageDataset(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
+                        cache=cfg.DATALOADER.CACHE)
+    sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
+                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED, num_replicas=world_size,
+                              rank=rank)
+    return DataLoader(data, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
+                      **_loader_kwargs(cfg, pin_memory))
+
+
+def make_test_loader(cfg: CfgNode, dataset: MultiModalDataset, samples: Sequence[Sample],
+                     pin_memory: bool = False) -> DataLoader:
+    """Sequential loader over ``samples`` with the test transform."""
+    transform = build_image_transform(False, cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    data = ImageDataset(dataset, samples, MultiModalTransform(transform), cache=cfg.DATALOADER.CACHE)
+    return DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg, pin_memory))

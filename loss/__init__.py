@@ -1,0 +1,34 @@
+"""Losses: one ID (label-smoothed cross-entropy) and one triplet term per head, named ``id/<head>`` and
+``triplet/<head>``, already multiplied by their config weights (their sum is the training loss)."""
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from yacs.config import CfgNode
+
+from .triplet import batch_hard_triplet
+
+__all__ = ["batch_hard_triplet", "make_loss", "reid_losses"]
+
+
+def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.Tensor, *, margin: float | None,
+                label_smoothing: float = 0.1, id_weight: float = 1.0,
+                triplet_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """ID loss on each head's logits, triplet loss on its pre-BN feature."""
+    losses = {}
+    for name, logits in outputs["logits"].items():
+        losses[f"id/{name}"] = id_weight * F.cross_entropy(logits.float(), pids, label_smoothing=label_smoothing)
+        losses[f"triplet/{name}"] = triplet_weight * batch_hard_triplet(outputs["features"][name], pids, margin)
+    return losses
+
+
+def make_loss(cfg: CfgNode, num_classes: int) -> Callable[..., dict[str, torch.Tensor]]:
+    """``loss_fn(outputs, pids) -> {name: scalar}`` as configured (``num_classes`` kept for the interface)."""
+    margin = None if cfg.MODEL.NO_MARGIN else cfg.SOLVER.MARGIN
+
+    def loss_fn(outputs, pids):
+        return reid_losses(outputs, pids, margin=margin, label_smoothing=cfg.MODEL.LABEL_SMOOTHING,
+                           id_weight=cfg.MODEL.ID_LOSS_WEIGHT, triplet_weight=cfg.MODEL.TRIPLET_LOSS_WEIGHT)
+
+    return loss_fn

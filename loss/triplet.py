@@ -1,0 +1,21 @@
+"""Batch-hard triplet loss (Hermans et al., 2017) on Euclidean distances."""
+
+import torch
+import torch.nn.functional as F
+
+
+def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None) -> torch.Tensor:
+    """For every anchor: its farthest positive and nearest negative in the batch.
+
+    ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
+    Averaged over anchors.
+    """
+    x = features.float()
+    sq = x.pow(2).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
+    same = pids[:, None] == pids[None, :]
+    d_ap = dist.masked_fill(~same, float("-inf")).amax(1)
+    d_an = dist.masked_fill(same, float("inf")).amin(1)
+    if margin is None:
+        return F.softplus(d_ap - d_an).mean()
+    return F.relu(d_ap - d_an + margin).mean()

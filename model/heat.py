@@ -1,0 +1,289 @@
+"""Heat conduction between modalities (DESIGN §4).
+
+- :func:`heat_diffuse`: the exact heat kernel of the H x W token grid with insulated borders, applied in
+  the DCT domain (§4.1).
+- :class:`HeatConductionOperator`: one cross-modal heat conduction operator (CMHCO) source -> target (§4.2),
+  with the authors' released variant (``diffusion="stencil"``, §4.4).
+- :class:`HeatCycle`: the operator applied around the cycle of modalities, several times (§4.3).
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HeatConductionOperator", "HeatCycle", "HeatOutput", "dct_matrix", "heat_diffuse",
+           "laplacian_eigenvalues", "stencil_average"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The diffusion kernel
+# ---------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def _dct_matrix_cached(n: int, device: torch.device) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    basis = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis.to(device=device, dtype=torch.float32)
+
+
+def dct_matrix(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``D`` (``n x n``, float32): ``D @ x`` transforms, ``D.T @ X`` inverts."""
+    return _dct_matrix_cached(n, torch.device(device))
+
+
+@lru_cache(maxsize=32)
+def _eigenvalues_cached(h: int, w: int, device: torch.device) -> torch.Tensor:
+    n = torch.arange(h, dtype=torch.float64)[:, None]
+    m = torch.arange(w, dtype=torch.float64)[None, :]
+    lam = 4 * torch.sin(math.pi * n / (2 * h)) ** 2 + 4 * torch.sin(math.pi * m / (2 * w)) ** 2
+    return lam.to(device=device, dtype=torch.float32)
+
+
+def laplacian_eigenvalues(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Eigenvalues ``4 sin²(πn/2H) + 4 sin²(πm/2W)`` (``H x W``) of the grid's Neumann Laplacian."""
+    return _eigenvalues_cached(h, w, torch.device(device))
+
+
+def _diffuse_channels_last(x: torch.Tensor, k: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Heat flow of ``x`` (B, H, W, C) for time ``t`` with conductivity ``k`` (broadcastable to (B, C)).
+
+    Runs in float32 whatever the autocast state: the spectral decay is sensitive to rounding.
+    """
+    B, H, W, C = x.shape
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.float()
+        dh, dw = dct_matrix(H, x.device), dct_matrix(W, x.device)
+        lam = laplacian_eigenvalues(H, W, x.device)                         # (H, W)
+        kt = (torch.as_tensor(k, device=x.device).float() * t).expand(B, C)  # (B, C)
+        decay = torch.exp(-kt[:, None, None, :] * lam[None, :, :, None])    # (B, H, W, C)
+        spec = torch.matmul(dh, xf.reshape(B, H, W * C)).reshape(B * H, W, C)    # DCT along H
+        spec = torch.matmul(dw, spec).reshape(B, H, W, C) * decay                # DCT along W, decay
+        out = torch.matmul(dw.t(), spec.reshape(B * H, W, C)).reshape(B, H, W * C)  # inverse along W
+        out = torch.matmul(dh.t(), out).reshape(B, H, W, C)                      # inverse along H
+    return out.to(x.dtype)
+
+
+def heat_diffuse(x: torch.Tensor, k: torch.Tensor | float, t: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Exact heat flow on the H x W grid with insulated (Neumann) borders (DESIGN §4.1).
+
+    ``x`` is (B, C, H, W); ``k`` (conductivity, >= 0) broadcasts to (B, C); ``t`` is the time. Returns
+    ``expm(-k t L) x`` per channel, L the 4-neighbour graph Laplacian of the grid, computed as
+    ``IDCT2(DCT2(x) * exp(-k t λ))``.
+    """
+    out = _diffuse_channels_last(x.permute(0, 2, 3, 1), k, t)  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+@lru_cache(maxsize=32)
+def _stencil_norm_cached(h: int, w: int, device: torch.device) -> torch.Tensor:
+    weights = stencil_weights()
+    ones = F.pad(torch.ones(h, w, dtype=torch.float64), (1, 1, 1, 1))
+    total = sum(weights[di + 1][dj + 1] * ones[1 + di:1 + di + h, 1 + dj:1 + dj + w]
+                for di in (-1, 0, 1) for dj in (-1, 0, 1))
+    return (1.0 / (total + 1e-8)).to(device=device, dtype=torch.float32)[:, :, None]
+
+
+def stencil_weights() -> list[list[float]]:
+    """The released operator's 3x3 neighbour weights: 1 / distance, 0 at the centre."""
+    d = 1.0 / math.sqrt(2.0)
+    return [[d, 1.0, d], [1.0, 0.0, 1.0], [d, 1.0, d]]
+
+
+def stencil_average(x: torch.Tensor) -> torch.Tensor:
+    """``A x`` for the released adjacency A (8 neighbours weighted 1/distance, rows normalised by
+    (sum + 1e-8)), as a sparse 3x3 operation on ``x`` (B, H, W, C) instead of a dense N x N product."""
+    B, H, W, C = x.shape
+    padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C), zero outside the grid
+    weights = stencil_weights()
+    acc = None
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di == 0 and dj == 0:
+                continue
+            term = padded[:, 1 + di:1 + di + H, 1 + dj:1 + dj + W] * weights[di + 1][dj + 1]
+            acc = term if acc is None else acc + term
+    return acc * _stencil_norm_cached(H, W, x.device).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cross-modal heat conduction operator
+# ---------------------------------------------------------------------------------------------------
+def _mlp(dims: Sequence[int]) -> nn.Sequential:
+    """Linear layers with GELU between them (indices 0, 2, 4, ... are the Linear layers)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        if i:
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class HeatConductionOperator(nn.Module):
+    """CMHCO, source modality s -> target modality t (DESIGN §4.2; §4.4 for ``diffusion="stencil"``).
+
+    Class token ``c`` (B, C) and patches ``P`` (B, N, C) of both modalities in; the target's updated class
+    token and patches out, plus the predicted conductivity ``kappa`` (B,), interaction gate ``g`` (B,)
+    and spatial gate ``G`` (B, N).
+    """
+
+    STENCIL_STEPS = 3   # explicit diffusion steps of the released operator
+    STENCIL_RATE = 0.3  # their step size
+
+    def __init__(self, dim: int, grid: tuple[int, int], diffusion: str = "dct", alpha: float = 0.3,
+                 beta: float = 0.2):
+        super().__init__()
+        if diffusion not in ("dct", "stencil"):
+            raise ValueError(f"diffusion must be 'dct' or 'stencil', got {diffusion!r}")
+        self.dim = dim
+        self.grid = tuple(grid)
+        self.diffusion = diffusion
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.beta = nn.Parameter(torch.tensor(float(beta)))
+        self.conductivity_mlp = _mlp([2 * dim, dim // 2, dim // 4, 1])
+        self.interaction_gate_mlp = _mlp([2 * dim, dim, 1])
+        self.spatial_gate_mlp = _mlp([dim, dim // 2, 1])
+        if diffusion == "dct":
+            self._init_near_identity()
+
+    def _init_near_identity(self) -> None:
+        """Start close to the identity on CLIP tokens: small interaction gate (σ(-3) ≈ 0.05) and small
+        weights in the last layers, so the backbone's features pass almost unchanged at first."""
+        for mlp in (self.conductivity_mlp, self.interaction_gate_mlp, self.spatial_gate_mlp):
+            for layer in mlp:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.02)
+                    nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.interaction_gate_mlp[-1].bias, -3.0)
+
+    def forward(self, src_cls: torch.Tensor, src_pat: torch.Tensor, tgt_cls: torch.Tensor,
+                tgt_pat: torch.Tensor, conductivity: torch.Tensor | None = None,
+                tau: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        B, N, C = tgt_pat.shape
+        H, W = self.grid
+        src_mean, tgt_mean = src_pat.mean(1), tgt_pat.mean(1)                                   # (B, C)
+        kappa = F.softplus(self.conductivity_mlp(torch.cat([src_mean, tgt_mean], -1)))          # (B, 1)
+        gate = torch.sigmoid(self.interaction_gate_mlp(torch.cat([src_cls, tgt_mean], -1)))     # (B, 1)
+        spatial = torch.sigmoid(self.spatial_gate_mlp(tgt_pat))                                 # (B, N, 1)
+
+        # 1. class -> patches: the source class token heats the target patches it resembles
+        w = torch.softmax(F.cosine_similarity(src_cls[:, None, :], tgt_pat, dim=-1), dim=-1)    # (B, N)
+        p1 = tgt_pat + self.alpha * kappa[:, :, None] * w[:, :, None] * src_cls[:, None, :]     # (B, N, C)
+
+        # 2. cross-modal patch heat: target patches attend to the source patches
+        if self.diffusion == "dct":
+            query, scale = p1, C ** -0.5
+        else:  # released code: queries are the incoming target patches, no 1/sqrt(C)
+            query, scale = tgt_pat, 1.0
+        heat_in = F.scaled_dot_product_attention(query[:, None], src_pat[:, None], src_pat[:, None],
+                                                 scale=scale)[:, 0]                              # (B, N, C)
+        p2 = p1 + self.beta * gate[:, :, None] * heat_in
+
+        # 3. diffusion inside the target, where the spatial gate opens
+        grid2 = p2.reshape(B, H, W, C)
+        gate_grid = spatial.reshape(B, H, W, 1)
+        if self.diffusion == "dct":
+            k = kappa * conductivity if conductivity is not None else kappa                     # (B, C)
+            p3 = gate_grid * _diffuse_channels_last(grid2, k, tau) + (1 - gate_grid) * grid2
+        else:
+            p3 = grid2
+            for _ in range(self.STENCIL_STEPS):
+                p3 = p3 + self.STENCIL_RATE * gate_grid * (stencil_average(p3) - p3)
+        p3 = p3.reshape(B, N, C)
+
+        # 4. patches -> class: the target class token gathers its hottest (largest-norm) patches
+        v = torch.softmax(p3.norm(dim=-1), dim=-1)                                              # (B, N)
+        cls = tgt_cls + self.alpha * gate * (v[:, :, None] * p3).sum(1)                         # (B, C)
+        stats = {"kappa": kappa[:, 0], "gate": gate[:, 0], "spatial_gate": spatial[..., 0]}
+        return cls, p3, stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# The heat cycle
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class HeatOutput:
+    """Per-modality class tokens (B, C) and patches (B, N, C) after the last cycle; ``cls_trace[c]`` holds
+    the class tokens after cycle c; ``stats[(cycle, source, target)]`` the operator's κ, g and G."""
+
+    cls: dict[str, torch.Tensor]
+    patches: dict[str, torch.Tensor]
+    cls_trace: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    stats: dict[tuple[int, str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        """Detached batch means of κ, g and G per edge ``"source->target/name"``, averaged over cycles."""
+        sums: dict[str, list[torch.Tensor]] = {}
+        for (_, src, tgt), stats in self.stats.items():
+            for name, value in stats.items():
+                sums.setdefault(f"{src}->{tgt}/{name}", []).append(value.detach().float().mean())
+        return {key: torch.stack(values).mean() for key, values in sums.items()}
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class HeatCycle(nn.Module):
+    """Heat conduction around the cycle ``order[0] -> order[1] -> ... -> order[0]``, ``num_cycles`` times.
+
+    Updates are sequential (Gauss-Seidel): each edge sees the target's and source's latest tokens. With
+    ``share_operator`` one operator serves every edge and cycle; the per-channel conductivity
+    ``k_t = softplus(theta_t)`` is always per target modality (dct only).
+    """
+
+    def __init__(self, order: Sequence[str], dim: int, grid: tuple[int, int], num_cycles: int = 3,
+                 share_operator: bool = True, diffusion: str = "dct", alpha: float = 0.3, beta: float = 0.2,
+                 tau: float = 1.0, learn_tau: bool = True, init_conductivity: float = 0.1):
+        super().__init__()
+        self.order = list(order)
+        self.edges = [(self.order[i], self.order[(i + 1) % len(self.order)]) for i in range(len(self.order))]
+        self.num_cycles = num_cycles
+        self.share_operator = share_operator
+        count = 1 if share_operator else num_cycles * len(self.edges)
+        self.operators = nn.ModuleList(
+            HeatConductionOperator(dim, grid, diffusion, alpha, beta) for _ in range(count))
+        self.conductivity: nn.ParameterDict | None = None
+        if diffusion == "dct":
+            theta = _inverse_softplus(init_conductivity)
+            self.conductivity = nn.ParameterDict(
+                {m: nn.Parameter(torch.full((dim,), theta)) for m in self.order})
+            log_tau = torch.tensor(math.log(tau))
+            if learn_tau:
+                self.log_tau = nn.Parameter(log_tau)
+            else:
+                self.register_buffer("log_tau", log_tau)
+
+    def operator(self, cycle: int, edge: int) -> HeatConductionOperator:
+        return self.operators[0 if self.share_operator else cycle * len(self.edges) + edge]
+
+    def target_conductivity(self, modality: str) -> torch.Tensor | None:
+        """``k_t`` (C,) of a target modality; None for the released operator, which has none."""
+        return None if self.conductivity is None else F.softplus(self.conductivity[modality])
+
+    @torch.no_grad()
+    def parameter_stats(self) -> dict[str, float]:
+        """Learned scalars for logging: α, β (mean over operators), τ and mean k_t per target modality."""
+        stats = {"alpha": float(torch.stack([op.alpha for op in self.operators]).mean()),
+                 "beta": float(torch.stack([op.beta for op in self.operators]).mean())}
+        if self.conductivity is not None:
+            stats["tau"] = float(self.log_tau.exp())
+            stats.update({f"conductivity/{m}": float(self.target_conductivity(m).mean()) for m in self.order})
+        return stats
+
+    def forward(self, cls: Mapping[str, torch.Tensor], patches: Mapping[str, torch.Tensor]) -> HeatOutput:
+        cls, patches = dict(cls), dict(patches)
+        tau = self.log_tau.exp() if self.conductivity is not None else 1.0
+        out = HeatOutput(cls, patches)
+        for c in range(self.num_cycles):
+            for e, (src, tgt) in enumerate(self.edges):
+                cls[tgt], patches[tgt], stats = self.operator(c, e)(
+                    cls[src], patches[src], cls[tgt], patches[tgt], self.target_conductivity(tgt), tau)
+                out.stats[(c, src, tgt)] = stats
+            out.cls_trace.append(dict(cls))
+        return out

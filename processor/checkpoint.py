@@ -1,0 +1,131 @@
+"""Checkpoints: atomic writes, training state for resumption, and loading weights with clear errors.
+
+Formats read by :func:`load_weights`: ours (``{"format": "mhcf", "model": state_dict, ...}``) and the
+authors' released MHCF checkpoints (a bare state dict, converted by :mod:`model.convert`).
+"""
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.convert import convert_released_state_dict, is_released_state_dict
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mhcf"
+VERSION = 1
+
+
+def atomic_save(obj: dict, path: str) -> None:
+    """Write ``obj`` to ``path`` so that a crash at any moment leaves either the old file or the new one:
+    temporary file in the same folder, flushed and fsynced, then renamed over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: str) -> dict:
+    """``torch.load(path, weights_only=True)`` with one-line errors for missing or foreign files."""
+    if not path:
+        raise UserError("TEST.WEIGHT is empty: give the checkpoint to evaluate")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def model_state(ckpt: dict, path: str) -> dict[str, torch.Tensor]:
+    """The MHCF state dict held by a checkpoint of ours or by a released one (converted)."""
+    if ckpt.get("format") == FORMAT:
+        return ckpt["model"]
+    state = ckpt.get("state_dict", ckpt.get("model", ckpt))
+    if isinstance(state, dict) and is_released_state_dict(state):
+        logger.info("%s is in the authors' released format: converting it", path)
+        return convert_released_state_dict(state)
+    raise UserError(f"{path} is not an MHCF checkpoint (neither ours nor the authors' released format)")
+
+
+def num_classes_of(state: dict[str, torch.Tensor], path: str) -> int:
+    key = "heads.ori.classifier.weight"
+    if key not in state:
+        raise UserError(f"{path}: no {key} in the checkpoint; it is not an MHCF model")
+    return int(state[key].shape[0])
+
+
+def check_compatible(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Raise a UserError naming the first differing keys / shapes between ``model`` and ``state``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys "
+                        f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
+    if problems:
+        raise UserError(f"{path} does not fit the configured model: {'; '.join(problems)}")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    check_compatible(model, state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_checkpoint(model: nn.Module, num_classes: int, config_yaml: str, epoch: int) -> dict:
+    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(), "num_classes": num_classes,
+            "config": config_yaml, "epoch": epoch}

@@ -1,0 +1,87 @@
+"""Process-group set-up for ``torchrun`` (NCCL on GPUs, gloo on CPU) and the helpers the runner needs."""
+
+import datetime
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """MODEL.DEVICE -> device: "auto" picks CUDA when present; under torchrun each process takes the CUDA
+    device of its LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"MODEL.DEVICE is {name!r} but CUDA is not available here; use MODEL.DEVICE cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2),
+                                device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+@contextmanager
+def main_process_first(info: DistInfo):
+    """The main process runs the block first (e.g. generating data); the others follow."""
+    if not info.is_main:
+        barrier(info)
+    yield
+    if info.is_main:
+        barrier(info)
+
+
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean over processes (a copy; the input is left as it is)."""
+    if not info.distributed:
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out)
+    return out / info.world_size
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()

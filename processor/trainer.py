@@ -1,0 +1,221 @@
+"""The training loop of ``train.py``: resumable, distributed (torchrun), optionally mixed precision."""
+
+import logging
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from yacs.config import CfgNode
+
+from datasets import make_dataset, make_train_loader
+from loss import make_loss
+from model import MHCF, make_model
+from solver import make_optimizer, make_scheduler
+from utils.errors import UserError
+from utils.logger import setup_logging
+
+from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
+from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def parameter_summary(model: MHCF) -> str:
+    """Trainable / total parameters of the backbone, the heat fusion and the heads."""
+    parts = {"backbone": model.backbone, "heat fusion": model.heat, "heads": model.heads}
+    lines = []
+    for name, module in parts.items():
+        total = sum(p.numel() for p in module.parameters())
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        lines.append(f"  {name:<12} {total / 1e6:9.3f} M parameters ({trainable / 1e6:.3f} M trainable)")
+    return "model:\n" + "\n".join(lines)
+
+
+def train(cfg: CfgNode) -> dict | None:
+    """``train.py``: train, save ``model_final.pth``, evaluate the final epoch, write ``test_results.json``."""
+    info = init_distributed(cfg.MODEL.DEVICE)
+    try:
+        return Trainer(cfg, info).run()
+    finally:
+        cleanup(info)
+
+
+class Trainer:
+    def __init__(self, cfg: CfgNode, info: DistInfo):
+        self.cfg = cfg
+        self.info = info
+        self.device = info.device
+        self.out = cfg.OUTPUT_DIR
+        setup_logging(self.out, "train.log", info.is_main)
+        if info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        logger.info("running with config:\n%s", cfg.dump())
+        logger.info("device %s, %d process(es)", self.device, info.world_size)
+        seed_everything(cfg.SOLVER.SEED)
+        with main_process_first(info):
+            self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+        self.num_classes = self.dataset.num_train_pids
+        self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
+        logger.info("%s", parameter_summary(self.model))
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
+        self.start_epoch = self._maybe_resume()
+        self.train_model = self._wrap(self.model)
+        self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
+                                        pin_memory=self.device.type == "cuda")
+        self.loss_fn = make_loss(cfg, self.num_classes)
+        self.writer = SummaryWriter(os.path.join(self.out, "tensorboard")) if info.is_main else None
+
+    # --- set-up -----------------------------------------------------------------------------------------
+    def _wrap(self, model: MHCF) -> torch.nn.Module:
+        if self.info.distributed:
+            if self.cfg.MODEL.SYNC_BN:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.model = model
+            model = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if self.cfg.MODEL.COMPILE:
+            model = torch.compile(model)
+        return model
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.out, "last.pth")
+
+    def _maybe_resume(self) -> int:
+        if not self.cfg.SOLVER.RESUME:
+            return 0
+        if not os.path.isfile(self.last_path):
+            logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
+            return 0
+        state = read_checkpoint(self.last_path)
+        if "optimizer" not in state:
+            raise UserError(f"{self.last_path} holds no training state to resume from")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s after epoch %d", self.last_path, state["epoch"])
+        return int(state["epoch"])
+
+    def _save_last(self, epoch: int) -> None:
+        state = model_checkpoint(self.model, self.num_classes, self.cfg.dump(), epoch)
+        state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict(), rng=rng_state())
+        atomic_save(state, self.last_path)
+        period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+        if period and epoch % period == 0:
+            atomic_save(model_checkpoint(self.model, self.num_classes, self.cfg.dump(), epoch),
+                        os.path.join(self.out, f"model_epoch{epoch:03d}.pth"))
+
+    # --- loop ---------------------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        cfg = self.cfg
+        max_epochs = cfg.SOLVER.MAX_EPOCHS
+        best = None
+        for epoch in range(self.start_epoch + 1, max_epochs + 1):
+            self.train_epoch(epoch)
+            self.scheduler.step()
+            if self.info.is_main:
+                self._save_last(epoch)
+            barrier(self.info)
+            period = cfg.SOLVER.EVAL_PERIOD
+            if period and epoch % period == 0 and epoch < max_epochs and self.info.is_main:
+                result = self._evaluate(epoch, progress=False)["none"]
+                if best is None or result.mAP > best[1]:
+                    best = (epoch, result.mAP)
+                logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
+                            "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
+                            best[0], 100 * best[1])
+            barrier(self.info)
+        record = None
+        if self.info.is_main:
+            final = os.path.join(self.out, "model_final.pth")
+            atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
+            logger.info("saved %s", final)
+            results = self._evaluate(max_epochs)
+            record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
+                                                      "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+            logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
+                        format_results(results))
+            logger.info("wrote %s", write_results(self.out, record))
+            self.writer.close()
+        barrier(self.info)
+        return record
+
+    def _evaluate(self, epoch: int, progress: bool = True):
+        results = evaluate(self.cfg, self.model, self.dataset, self.device, progress=progress)
+        for key, value in results["none"].as_percent().items():
+            self.writer.add_scalar(f"eval/{key}", value, epoch)
+        return results
+
+    def train_epoch(self, epoch: int) -> None:
+        cfg, info = self.cfg, self.info
+        self.loader.sampler.set_epoch(epoch)
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        heat_sums: dict[str, float] = defaultdict(float)
+        steps = len(self.loader)
+        start = time.time()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(self.loader, total=steps, desc=f"epoch {epoch}/{cfg.SOLVER.MAX_EPOCHS}",
+                   disable=not (info.is_main and sys.stderr.isatty()), leave=False)
+        for it, batch in enumerate(bar, 1):
+            batch = batch_to(batch, self.model.modalities, self.device)
+            pids = batch["pid"].to(self.device)
+            with autocast_context(self.device, cfg.SOLVER.AMP):
+                outputs = self.train_model(batch)
+                losses = self.loss_fn(outputs, pids)
+            total = sum(losses.values())
+            values = all_reduce_mean(torch.stack([total.detach(), *[v.detach() for v in losses.values()]]), info)
+            if not torch.isfinite(values[0]):
+                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}; "
+                                f"the last good checkpoint is {self.last_path} (lower SOLVER.BASE_LR or use "
+                                f"SOLVER.AMP bf16)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+            values = values.tolist()
+            sums["loss"] += values[0]
+            for name, value in zip(losses, values[1:]):
+                sums[name] += value
+            sums["acc"] += (outputs["logits"]["ori"].argmax(1) == pids).float().mean().item()
+            stats = outputs["heat_stats"]
+            for key, value in zip(stats, torch.stack(list(stats.values())).tolist()):
+                heat_sums[key] += value
+            bar.set_postfix(loss=f"{sums['loss'] / it:.3f}", acc=f"{sums['acc'] / it:.3f}")
+            if it % cfg.SOLVER.LOG_PERIOD == 0 or it == steps:
+                logger.info("epoch %d iter %d/%d: loss %.3f, acc %.3f, lr %.2e, %.1f samples/s", epoch, it, steps,
+                            sums["loss"] / it, sums["acc"] / it, lr,
+                            it * cfg.SOLVER.IMS_PER_BATCH / (time.time() - start))
+        if self.writer is not None:
+            for name, value in sums.items():
+                self.writer.add_scalar(f"train/{name}" if name in ("loss", "acc") else f"loss/{name}",
+                                       value / steps, epoch)
+            for key, value in heat_sums.items():
+                self.writer.add_scalar(f"heat/{key}", value / steps, epoch)
+            for key, value in self.model.heat.parameter_stats().items():
+                self.writer.add_scalar(f"heat/{key}", value, epoch)
+            self.writer.add_scalar("train/lr", lr, epoch)
+        logger.info("epoch %d done in %.1f s: %s", epoch, time.time() - start,
+                    ", ".join(f"{k} {v / steps:.3f}" for k, v in sums.items()))
