@@ -120,24 +120,28 @@ def _render(attrs: tuple[int, int, int], cam: int, rng: np.random.Generator) -> 
     return {m: (np.clip(v, 0, 1) * 255).round().astype(np.uint8) for m, v in out.items()}
 
 
-def generate(dataset_dir: str) -> None:
-    """Write the Synthetic dataset into ``dataset_dir`` (created atomically: a temporary folder is renamed)."""
+def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_IDS,
+             shots_per_camera: int = SHOTS_PER_CAMERA, seed: int = SEED) -> None:
+    """Write the Synthetic dataset into ``dataset_dir`` (created atomically: a temporary folder is renamed).
+
+    The defaults make the demo dataset; tests make miniature RGBNT201 trees with fewer ids and shots.
+    """
     start = time.time()
     parent = os.path.dirname(os.path.abspath(dataset_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     combos = [(c, t, h) for c in range(NUM_VALUES) for t in range(NUM_VALUES) for h in range(NUM_VALUES)]
-    chosen = rng.choice(len(combos), size=TRAIN_IDS + TEST_IDS, replace=False)
+    chosen = rng.choice(len(combos), size=train_ids + test_ids, replace=False)
     count = 0
-    for split, pids in (("train_171", range(1, TRAIN_IDS + 1)),
-                        ("test", range(TRAIN_IDS + 1, TRAIN_IDS + TEST_IDS + 1))):
+    for split, pids in (("train_171", range(1, train_ids + 1)),
+                        ("test", range(train_ids + 1, train_ids + test_ids + 1))):
         for modality in RGBNT201.modality_dirs.values():
             os.makedirs(os.path.join(tmp, split, modality))
         for pid in pids:
             attrs = combos[chosen[pid - 1]]
             for cam in range(1, CAMERAS + 1):
-                for shot in range(SHOTS_PER_CAMERA):
+                for shot in range(shots_per_camera):
                     name = f"{pid:06d}_cam{cam}_0_{shot:02d}.jpg"
                     for modality, array in _render(attrs, cam, rng).items():
                         Image.fromarray(array).save(os.path.join(tmp, split, modality, name), quality=95)
