@@ -8,6 +8,7 @@ from yacs.config import CfgNode
 from .backbone import ClipViT, build_clip_vit
 from .heat import HeatCycle, heat_diffuse
 from .mhcf import MHCF
+from .onednn import use_onednn
 
 __all__ = ["MHCF", "ClipViT", "HeatCycle", "build_clip_vit", "heat_diffuse", "make_model"]
 
@@ -34,4 +35,5 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
     heat = HeatCycle(h.ORDER, first.embed_dim, first.grid_size, num_cycles=h.NUM_CYCLES,
                      share_operator=h.SHARE_OPERATOR, diffusion=h.DIFFUSION, alpha=h.ALPHA, beta=h.BETA,
                      tau=h.TAU, learn_tau=h.LEARN_TAU, init_conductivity=h.INIT_CONDUCTIVITY)
-    return MHCF(encoder, heat, modalities, num_classes, direct=cfg.MODEL.DIRECT, neck_feat=cfg.TEST.NECK_FEAT)
+    model = MHCF(encoder, heat, modalities, num_classes, direct=cfg.MODEL.DIRECT, neck_feat=cfg.TEST.NECK_FEAT)
+    return use_onednn(model) if cfg.MODEL.ONEDNN else model

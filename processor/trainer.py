@@ -6,6 +6,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from loss import make_loss
 from model import MHCF, make_model
 from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
+from utils.flops import format_costs, model_costs
 from utils.logger import setup_logging
 
 from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
@@ -34,15 +36,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def parameter_summary(model: MHCF) -> str:
-    """Trainable / total parameters of the backbone, the heat fusion and the heads."""
-    parts = {"backbone": model.backbone, "heat fusion": model.heat, "heads": model.heads}
-    lines = []
-    for name, module in parts.items():
-        total = sum(p.numel() for p in module.parameters())
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        lines.append(f"  {name:<12} {total / 1e6:9.3f} M parameters ({trainable / 1e6:.3f} M trainable)")
-    return "model:\n" + "\n".join(lines)
+def parameter_summary(model: MHCF, image_size: Sequence[int]) -> str:
+    """Parameters (total / trainable) and forward FLOPs per sample of the backbone, the heat fusion and the
+    heads, for images of ``image_size`` (H, W)."""
+    return format_costs(model_costs(model, image_size))
 
 
 def train(cfg: CfgNode) -> dict | None:
@@ -72,7 +69,7 @@ class Trainer:
             self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
         self.num_classes = self.dataset.num_train_pids
         self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
-        logger.info("%s", parameter_summary(self.model))
+        logger.info("%s", parameter_summary(self.model, cfg.INPUT.SIZE_TRAIN))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")

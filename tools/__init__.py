@@ -1,0 +1,1 @@
+"""Optional entry points: benchmarks and their baselines."""

@@ -1,0 +1,412 @@
+"""Training and input throughput of MHCF for a config, optionally side by side with the authors' structure.
+
+    python tools/benchmark.py --config_file configs/RGBNT201/MHCF.yml --batch 4 --baseline SOLVER.AMP off
+
+Measures, on the config's device (MODEL.DEVICE) with random weights and random images:
+
+- the full training step (zero_grad, forward, losses, backward, optimizer step) and an inference batch:
+  median / min / max time, images/s, and the sustained GFLOP/s (FLOPs counted by
+  ``torch.utils.flop_counter``) against the machine's fp32 matmul rate, measured here on a large square
+  product with the same thread count (PyTorch's default GEMM and, on CPU, oneDNN's; the faster counts);
+- peak memory of a training step: on CPU the resident-set high-water mark of a fresh process per model
+  (``ru_maxrss``), on a GPU ``max_memory_allocated``;
+- with ``--baseline``: forward + losses + backward of our model and of ``tools/reference_mhcf.py`` (the
+  authors' structure: encoder called once per modality, ``nn.MultiheadAttention``, dense-adjacency
+  diffusion) doing the same work, iterations interleaved (alternating which goes first);
+- the input pipeline alone when the dataset is present: decode and augmentation of the three modalities,
+  samples/s of one loader worker with and without DATALOADER.CACHE, against the rate at which the model
+  consumes samples, hence the DATALOADER.NUM_WORKERS that keeps it fed.
+
+GPU timings use device events, CPU timings wall time. ``--json PATH`` also writes every figure.
+"""
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from yacs.config import CfgNode  # noqa: E402
+
+from config import load_config  # noqa: E402
+from datasets import ImageDataset, make_dataset  # noqa: E402
+from datasets.transforms import MultiModalTransform, build_image_transform  # noqa: E402
+from loss import make_loss  # noqa: E402
+from model import make_model  # noqa: E402
+from model.backbone import ARCHS  # noqa: E402
+from model.onednn import onednn_available  # noqa: E402
+from processor.distributed import resolve_device  # noqa: E402
+from processor.inference import autocast_context  # noqa: E402
+from solver import make_optimizer  # noqa: E402
+from tools.reference_mhcf import ReferenceMHCF  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.flops import count_flops, format_costs, model_costs  # noqa: E402
+
+HEAD_NAMES = ("ori", "heat_cls", "heat_pat")  # the reference model's heads, in its order
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------------
+class Timer:
+    """Seconds taken by a callable: device events on an accelerator, wall time on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type != "cpu":
+            torch.accelerator.synchronize(self.device)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.device.type == "cpu":
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        begin, end = (torch.Event(device=self.device, enable_timing=True) for _ in range(2))
+        self.sync()
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000.0
+
+
+def summarise(times: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
+
+
+def repeat(timer: Timer, fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    return [timer(fn) for _ in range(iters)]
+
+
+def matmul_rates(device: torch.device, timer: Timer, n: int, reps: int = 3) -> dict[str, float]:
+    """Best GFLOP/s of an fp32 ``n x n`` product with PyTorch's default GEMM, and with oneDNN on CPU."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    kernels = {"torch.mm": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and onednn_available():
+        kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return {name: 2 * n ** 3 / min(repeat(timer, fn, 1, reps)) / 1e9 for name, fn in kernels.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models, batches, steps
+# ---------------------------------------------------------------------------------------------------
+def build_model(cfg: CfgNode, variant: str, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """Our model (``"ours"``) or the authors' structure (``"baseline"``) at the config's sizes, random init."""
+    if variant == "ours":
+        model = make_model(cfg, num_classes, load_pretrained=False)
+    else:
+        arch = ARCHS[cfg.MODEL.NAME]
+        model = ReferenceMHCF(num_classes, tuple(cfg.INPUT.SIZE_TRAIN), cfg.MODEL.MODALITIES,
+                              patch=arch["patch_size"], width=arch["embed_dim"], layers=arch["depth"],
+                              heads=arch["num_heads"])
+    return model.to(device).train()
+
+
+def random_batch(cfg: CfgNode, samples: int, device: torch.device, size=None) -> tuple[dict, torch.Tensor]:
+    """Random normalised images of every modality and P x K identity labels (K = DATALOADER.NUM_INSTANCE
+    when it divides the batch, else 2, else 1)."""
+    gen = torch.Generator().manual_seed(0)
+    size = size or cfg.INPUT.SIZE_TRAIN
+    batch = {m: torch.randn(samples, 3, *size, generator=gen).to(device) for m in cfg.MODEL.MODALITIES}
+    k = next(k for k in (cfg.DATALOADER.NUM_INSTANCE, 2, 1) if samples % k == 0)
+    return batch, torch.arange(samples // k).repeat_interleave(k).to(device)
+
+
+def as_named_outputs(outputs) -> dict:
+    """The reference model's (logits list, features list) as our named outputs, for the same losses."""
+    logits, features = outputs
+    return {"logits": dict(zip(HEAD_NAMES, logits)), "features": dict(zip(HEAD_NAMES, features))}
+
+
+def make_step(cfg: CfgNode, model: torch.nn.Module, variant: str, batch: dict, pids: torch.Tensor,
+              device: torch.device, optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """One iteration: forward, losses, backward, and the optimizer step when ``optimizer`` is given."""
+    loss_fn = make_loss(cfg, int(pids.max()) + 1)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
+    forward = model if variant == "ours" else (lambda b: as_named_outputs(model(b)))
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast_context(device, cfg.SOLVER.AMP):
+            total = sum(loss_fn(forward(batch), pids).values())
+        scaler.scale(total).backward()
+        if optimizer is not None:
+            scaler.step(optimizer)
+            scaler.update()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """Resident-set high-water mark of this process in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def current_rss_mb() -> float | None:
+    """Resident set of this process now in MB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+    except OSError:
+        return None
+
+
+def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device, num_classes: int) -> dict:
+    """Peak memory of training steps (forward, losses, backward; plus the optimizer for ``ours``)."""
+    model = build_model(cfg, variant, num_classes, device)
+    batch, pids = random_batch(cfg, samples, device)
+    optimizer = make_optimizer(cfg, model) if variant == "ours" else None
+    step = make_step(cfg, model, variant, batch, pids, device, optimizer)
+    if device.type != "cpu":
+        step()
+        torch.accelerator.synchronize(device)
+        torch.accelerator.reset_peak_memory_stats(device)
+        step()
+        torch.accelerator.synchronize(device)
+        return {"peak_mb": torch.accelerator.max_memory_allocated(device) / 2 ** 20, "kind": "max_memory_allocated"}
+    before = current_rss_mb()
+    for _ in range(2):
+        step()
+    return {"peak_mb": peak_rss_mb(), "model_mb": before, "kind": "peak RSS of a fresh process"}
+
+
+def memory_in_subprocess(args: argparse.Namespace, variant: str) -> dict:
+    """:func:`probe_memory` in a fresh interpreter, so each model's high-water mark is its own."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", variant, "--batch", str(args.batch),
+           "--num_classes", str(args.num_classes)]
+    if args.config_file:
+        cmd += ["--config_file", args.config_file]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd + list(args.opts), capture_output=True, text=True, check=False, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe of {variant} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input pipeline
+# ---------------------------------------------------------------------------------------------------
+def input_pipeline(cfg: CfgNode, samples: int) -> dict:
+    """Per-worker rates of the training input pipeline (decode + augment every modality), in the main
+    process; the cached variant decodes once, then only augments."""
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    records = dataset.train[:samples]
+    transform = MultiModalTransform(build_image_transform(
+        True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.PROB,
+        padding=cfg.INPUT.PADDING, erase_prob=cfg.INPUT.RE_PROB), sync=cfg.INPUT.SYNC_AUG)
+
+    def rate(data: ImageDataset) -> float:
+        start = time.perf_counter()
+        for i in range(len(data)):
+            data[(i, i)]
+        return len(data) / (time.perf_counter() - start)
+
+    uncached = rate(ImageDataset(dataset, records, transform))
+    start = time.perf_counter()
+    cached_data = ImageDataset(dataset, records, transform, cache=True)
+    decode_rate = len(records) / (time.perf_counter() - start)
+    return {"samples": len(records), "per_worker": uncached, "per_worker_cached": rate(cached_data),
+            "decode_only": decode_rate}
+
+
+def workers_needed(consumption: float, per_worker: float, headroom: float = 1.25) -> int:
+    return max(1, math.ceil(headroom * consumption / per_worker))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------
+def default_num_classes(cfg: CfgNode) -> int:
+    try:
+        return make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR).num_train_pids
+    except UserError:
+        return 171  # RGBNT201's training identities; the classifier's size barely matters here
+
+
+def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
+    timer = Timer(device)
+    report: dict = {"config": args.config_file, "device": str(device), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "batch": args.batch, "precision": cfg.SOLVER.AMP,
+                    "onednn": bool(cfg.MODEL.ONEDNN and onednn_available() and device.type == "cpu")}
+    say = print if not args.quiet else (lambda *a, **k: None)
+    say(f"MHCF benchmark: {args.config_file or 'defaults'} on {device} ({report['threads']} threads), "
+        f"torch {torch.__version__}, {cfg.MODEL.NAME}, {len(cfg.MODEL.MODALITIES)} modalities at "
+        f"{cfg.INPUT.SIZE_TRAIN[0]}x{cfg.INPUT.SIZE_TRAIN[1]}, precision {cfg.SOLVER.AMP}, "
+        f"oneDNN {'on' if report['onednn'] else 'off'}, random weights")
+
+    matmul = matmul_rates(device, timer, args.matmul_size)
+
+    ours = build_model(cfg, "ours", args.num_classes, device)
+    costs = model_costs(ours, cfg.INPUT.SIZE_TRAIN)
+    say(format_costs(costs))
+    report["model"] = {name: vars(c) for name, c in costs.items()}
+
+    # --- training step -----------------------------------------------------------------------------------
+    batch, pids = random_batch(cfg, args.batch, device)
+    compiled = torch.compile(ours) if cfg.MODEL.COMPILE else ours
+    train_step = make_step(cfg, compiled, "ours", batch, pids, device, make_optimizer(cfg, ours))
+    fwd_bwd = make_step(cfg, compiled, "ours", batch, pids, device)
+    step_flops, _ = count_flops(make_step(cfg, ours, "ours", batch, pids, device))
+    train = summarise(repeat(timer, train_step, args.warmup, args.iters))
+    images = args.batch * len(cfg.MODEL.MODALITIES)
+
+    # --- inference ---------------------------------------------------------------------------------------
+    test_batch, _ = random_batch(cfg, args.test_batch, device, cfg.INPUT.SIZE_TEST)
+    ours.eval()
+    with torch.inference_mode():
+        infer_flops, _ = count_flops(ours, test_batch)
+        infer = summarise(repeat(timer, lambda: compiled(test_batch), min(args.warmup, 1), args.iters))
+    ours.train()
+
+    for name, rate in matmul_rates(device, timer, args.matmul_size).items():  # again: keep the best of both
+        matmul[name] = max(matmul[name], rate)
+    peak_rate = max(matmul.values())
+    train_rate = step_flops / train["median"] / 1e9
+    report["matmul_gflops"] = matmul
+    report["train_step"] = {**train, "flops": step_flops, "samples_per_s": args.batch / train["median"],
+                            "images_per_s": images / train["median"], "gflops": train_rate,
+                            "fraction_of_matmul": train_rate / peak_rate}
+    infer_rate = infer_flops / infer["median"] / 1e9
+    report["inference"] = {**infer, "batch": args.test_batch, "flops": infer_flops,
+                           "samples_per_s": args.test_batch / infer["median"],
+                           "images_per_s": args.test_batch * len(cfg.MODEL.MODALITIES) / infer["median"],
+                           "gflops": infer_rate, "fraction_of_matmul": infer_rate / peak_rate}
+    say("machine fp32 matmul rate ({n}x{n}): {rates} -> {peak:.0f} GFLOP/s".format(
+        n=args.matmul_size, rates=", ".join(f"{k} {v:.0f}" for k, v in matmul.items()), peak=peak_rate))
+    say(f"training step ({args.batch} samples x {len(cfg.MODEL.MODALITIES)} modalities; forward, losses, "
+        f"backward, optimizer), {args.iters} iterations after {args.warmup} warm-up:")
+    say(f"  {train['median']:.3f} s median (min {train['min']:.3f}, max {train['max']:.3f}); "
+        f"{args.batch / train['median']:.2f} samples/s, {images / train['median']:.1f} images/s")
+    say(f"  {step_flops / 1e9:.1f} GFLOP per step (forward + backward) -> {train_rate:.0f} GFLOP/s sustained "
+        f"= {100 * train_rate / peak_rate:.0f}% of the matmul rate")
+    say(f"inference batch ({args.test_batch} samples): {infer['median']:.3f} s median; "
+        f"{args.test_batch / infer['median']:.1f} samples/s; {infer_rate:.0f} GFLOP/s "
+        f"= {100 * infer_rate / peak_rate:.0f}% of the matmul rate")
+
+    # --- side by side with the authors' structure --------------------------------------------------------
+    if args.baseline:
+        theirs = build_model(cfg, "baseline", args.num_classes, device)
+        their_step = make_step(cfg, theirs, "baseline", batch, pids, device)
+        their_flops, _ = count_flops(their_step)
+        times: dict[str, list[float]] = {"ours": [], "baseline": []}
+        steps = {"ours": fwd_bwd, "baseline": their_step}
+        for i in range(args.warmup + args.iters):
+            for name in (("ours", "baseline") if i % 2 == 0 else ("baseline", "ours")):
+                t = timer(steps[name])
+                if i >= args.warmup:
+                    times[name].append(t)
+        del theirs, their_step
+        cmp = {name: summarise(t) for name, t in times.items()}
+        ratio = cmp["ours"]["median"] / cmp["baseline"]["median"]
+        report["baseline"] = {"ours": cmp["ours"], "baseline": cmp["baseline"], "ratio": ratio,
+                              "flops_ours": step_flops, "flops_baseline": their_flops,
+                              "ratios": [a / b for a, b in zip(times["ours"], times["baseline"])]}
+        say(f"forward + losses + backward, interleaved with the authors' structure ({args.iters} pairs):")
+        for name, label in (("ours", "ours"), ("baseline", "theirs")):
+            c, flops = cmp[name], (step_flops if name == "ours" else their_flops)
+            say(f"  {label:<7} {c['median']:.3f} s median (min {c['min']:.3f}, max {c['max']:.3f}), "
+                f"{flops / 1e9:.1f} GFLOP, {flops / c['median'] / 1e9:.0f} GFLOP/s")
+        say(f"  time ours / theirs = {ratio:.2f}")
+
+    # --- memory ------------------------------------------------------------------------------------------
+    if not args.no_memory:
+        variants = ["ours", "baseline"] if args.baseline else ["ours"]
+        if device.type == "cpu":
+            memory = {v: memory_in_subprocess(args, v) for v in variants}
+        else:
+            memory = {v: probe_memory(cfg, v, args.batch, device, args.num_classes) for v in variants}
+        report["memory"] = memory
+        for v, m in memory.items():
+            extra = f" (before the first step: {m['model_mb']:.0f} MB)" if m.get("model_mb") else ""
+            what = "training step" if v == "ours" else "forward + losses + backward"
+            say(f"peak memory, {'ours' if v == 'ours' else 'theirs'}, {what}: {m['peak_mb']:.0f} MB "
+                f"[{m['kind']}]{extra}")
+
+    # --- input pipeline ----------------------------------------------------------------------------------
+    if not args.no_data:
+        consumption = report["train_step"]["samples_per_s"]
+        try:
+            data = input_pipeline(cfg, args.data_samples)
+        except UserError as exc:
+            say(f"input pipeline: skipped ({exc})".splitlines()[0])
+        else:
+            data["consumption"] = consumption
+            data["workers"] = workers_needed(consumption, data["per_worker"])
+            data["workers_cached"] = workers_needed(consumption, data["per_worker_cached"])
+            report["input"] = data
+            say(f"input pipeline (decode + augment of {len(cfg.MODEL.MODALITIES)} modalities, "
+                f"{data['samples']} samples, one worker):")
+            say(f"  {data['per_worker']:.1f} samples/s per worker; with DATALOADER.CACHE "
+                f"{data['per_worker_cached']:.1f} samples/s (decoding alone: {data['decode_only']:.1f} samples/s)")
+            say(f"  the model consumes {consumption:.2f} samples/s -> DATALOADER.NUM_WORKERS {data['workers']} "
+                f"keeps it fed ({data['workers_cached']} with DATALOADER.CACHE)")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config_file", default="", help="YAML config, e.g. configs/RGBNT201/MHCF.yml")
+    p.add_argument("--batch", type=int, default=0, help="samples per training step (default SOLVER.IMS_PER_BATCH)")
+    p.add_argument("--test_batch", type=int, default=0, help="samples per inference batch (default TEST.IMS_PER_BATCH)")
+    p.add_argument("--iters", type=int, default=5, help="measured iterations (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up iterations (default 2)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--num_classes", type=int, default=0, help="identities (default: the dataset's, else 171)")
+    p.add_argument("--matmul_size", type=int, default=0, help="side of the square matmul (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--data_samples", type=int, default=48, help="samples timed through the input pipeline")
+    p.add_argument("--baseline", action="store_true", help="also time the authors' structure side by side")
+    p.add_argument("--no_memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--no_data", action="store_true", help="skip the input-pipeline measurement")
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--probe", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config_file or None, args.opts)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = resolve_device(cfg.MODEL.DEVICE)
+        args.batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
+        args.test_batch = args.test_batch or cfg.TEST.IMS_PER_BATCH
+        args.matmul_size = args.matmul_size or (2048 if device.type == "cpu" else 8192)
+        args.num_classes = args.num_classes or default_num_classes(cfg)
+        torch.manual_seed(cfg.SOLVER.SEED)
+        if args.probe:
+            print(json.dumps(probe_memory(cfg, args.probe, args.batch, device, args.num_classes)))
+            return None
+        report = run(args, cfg, device)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
