@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import processor
-from datasets import make_dataset, make_train_loader
+from datasets import make_dataset, make_test_loader, make_train_loader
 from loss import make_loss
 from model import make_model
+from processor.inference import extract_features
 from solver import make_optimizer
 from tests.conftest import tiny_config
 
@@ -53,3 +54,17 @@ def test_train_then_test_reproduces_the_result(tiny_root, tmp_path):
     assert sweep["average_missing"]["mAP"] == pytest.approx(sum(missing) / 6)
     single = processor.test(tiny_config(tiny_root, str(tmp_path / "r"), "TEST.WEIGHT", weight, "TEST.MISS", "rn"))
     assert single["mAP"] == pytest.approx(sweep["settings"]["rn"]["mAP"], abs=1e-4)
+
+
+def test_missing_modality_features_equal_zeroed_images(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, str(tmp_path))
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = make_model(cfg, dataset.num_train_pids).eval()
+    loader = make_test_loader(cfg, dataset, dataset.query[:20])
+    feats = extract_features(model, loader, torch.device("cpu"), ["none", "t", "rn"], progress=False)
+    batch = next(iter(make_test_loader(cfg, dataset, dataset.query[:20])))
+    with torch.no_grad():
+        torch.testing.assert_close(feats["none"], model(batch), atol=1e-5, rtol=1e-5)
+        for setting, missing in (("t", ["TI"]), ("rn", ["RGB", "NI"])):
+            zeroed = {**batch, **{m: torch.zeros_like(batch[m]) for m in missing}}
+            torch.testing.assert_close(feats[setting], model(zeroed), atol=1e-5, rtol=1e-5)
