@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
 
@@ -35,6 +35,8 @@ def read_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image file (corrupt or wrong format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 

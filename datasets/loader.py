@@ -85,9 +85,6 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
                                       flip_prob=cfg.INPUT.PROB, padding=cfg.INPUT.PADDING,
                                       erase_prob=cfg.INPUT.RE_PROB)
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
-    if instances < 1 or batch_size % instances:
-        raise UserError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of DATALOADER.NUM_INSTANCE "
-                        f"({instances})")
     identities = batch_size // instances
     if identities % world_size:
         raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch "
