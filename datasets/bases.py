@@ -62,7 +62,7 @@ class MultiModalDataset:
     #: evaluation rule: "camera" drops gallery items with the query's pid and camera, "scene" those
     #: with the query's pid and scene (MSVR310)
     protocol: ClassVar[str] = "camera"
-    #: the expected tree, shown when a folder is missing
+    #: the expected tree (``<ROOT_DIR>`` stands for the root), shown when a folder is missing
     tree: ClassVar[str]
 
     def __init__(self, root: str):
@@ -159,11 +159,14 @@ class MultiModalDataset:
                 return path
         tried = " or ".join(os.path.join(root, d) for d in self.dirnames)
         raise UserError(f"{self.name}: dataset folder not found: {tried} (set DATASETS.ROOT_DIR). "
-                        f"Expected tree:\n{self.tree}")
+                        f"Expected tree:\n{self._expected_tree()}")
+
+    def _expected_tree(self) -> str:
+        return self.tree.replace("<ROOT_DIR>", self.root.rstrip(os.sep) or os.sep)
 
     def _require_dir(self, path: str) -> None:
         if not os.path.isdir(path):
-            raise UserError(f"{self.name}: folder not found: {path}. Expected tree:\n{self.tree}")
+            raise UserError(f"{self.name}: folder not found: {path}. Expected tree:\n{self._expected_tree()}")
 
     def _load_split(self, split: str) -> list[Sample]:
         split_dir = os.path.join(self.dataset_dir, self.splits[split])
@@ -177,7 +180,7 @@ class MultiModalDataset:
             if parsed is not None:
                 samples.append(Sample(*parsed, paths))
         if not samples:
-            raise UserError(f"{self.name}: no images found in {split_dir}. Expected tree:\n{self.tree}")
+            raise UserError(f"{self.name}: no images found in {split_dir}. Expected tree:\n{self._expected_tree()}")
         return samples
 
     @staticmethod

@@ -29,7 +29,7 @@ def _seeded(seed: int):
     """
     py_state, torch_state = random.getstate(), torch.get_rng_state()
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: the transforms draw no CUDA numbers
     try:
         yield
     finally:

@@ -1,13 +1,14 @@
 """The four benchmark readers on miniature trees of their published layouts (DATASETS.md)."""
 
 import os
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from config import load_config
-from datasets import DATASETS, make_dataset
+from datasets import DATASETS, MultiModalDataset, make_dataset
 from utils.metrics import evaluate_rank
 
 # one colour per modality, so a test can tell which file a modality was read from
@@ -301,3 +302,28 @@ def test_full_size_trees_match_official_split_sizes(tmp_path, name):
     total = splits["query"][1]
     assert f"queries with a positive under the {'scene' if name == 'MSVR310' else 'camera'} rule: {total}/{total}" \
         in report
+
+
+class MyReID(MultiModalDataset):
+    """The README's example of a new dataset, verbatim in its declarations."""
+
+    name = "MyReID"
+    dirnames = ("MyReID",)
+    splits = {"train": "train", "query": "query", "gallery": "gallery"}
+    modality_dirs = {"RGB": "rgb", "NI": "nir", "TI": "tir"}
+    filename_re = re.compile(r"(?P<pid>\d+)_c(?P<cam>\d+)_")
+    cam_offset = 1
+    protocol = "camera"
+    tree = """<ROOT_DIR>/MyReID/
+    {train,query,gallery}/{rgb,nir,tir}/0001_c2_0005.jpg ..."""
+
+
+def test_readme_example_dataset_class(tmp_path):
+    dirs = {"RGB": "rgb", "NI": "nir", "TI": "tir"}
+    for split, names in (("train", ["0007_c2_0005.jpg", "0003_c1_0001.jpg"]), ("query", ["0100_c1_0001.jpg"]),
+                         ("gallery", ["0100_c3_0002.jpg", "0101_c2_0001.jpg"])):
+        _write_modalities(os.path.join(str(tmp_path), "MyReID", split), names, dirs)
+    ds = MyReID(str(tmp_path))
+    assert _triples(ds.train) == [(0, 0, -1), (1, 1, -1)]
+    assert ds.statistics() == {"train": (2, 2, 2), "query": (1, 1, 1), "gallery": (2, 2, 2)}
+    assert [_dominant(img) for img in ds.read(ds.query[0]).values()] == [0, 1, 2]
