@@ -107,7 +107,7 @@ def _validate(cfg: CN) -> None:
             f"config: MODEL.HEAT.ORDER {list(cfg.MODEL.HEAT.ORDER)} must be a permutation of "
             f"MODEL.MODALITIES {mods}"
         )
-    if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
+    if cfg.DATALOADER.NUM_INSTANCE < 1 or cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise UserError(
             f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
             f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"
