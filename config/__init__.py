@@ -16,7 +16,6 @@ __all__ = ["get_default_config", "load_config", "merge_overrides"]
 _CHOICES = {
     "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
     "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
-    "DATASETS.NAMES": ("RGBNT201", "Market-MM", "RGBNT100", "MSVR310", "Synthetic"),
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),
