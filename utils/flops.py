@@ -5,8 +5,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
-                                      sdpa_backward_flop_count, sdpa_flop_count)
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 __all__ = ["PartCost", "count_flops", "format_costs", "model_costs"]
 

@@ -1,0 +1,46 @@
+"""Smoke test of tools/benchmark.py: one step of the Synthetic config; every figure positive and finite."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_benchmark_runs_one_step_of_the_synthetic_config(tiny_root, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"),
+           "--config_file", os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), "--batch", "8",
+           "--test_batch", "4", "--iters", "1", "--warmup", "0", "--matmul_size", "256", "--data_samples", "4",
+           "--threads", "1", "--json", str(out), "DATASETS.ROOT_DIR", tiny_root, "MODEL.DEVICE", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("machine fp32 matmul rate", "training step", "GFLOP/s sustained", "inference batch",
+                 "peak memory", "input pipeline", "DATALOADER.NUM_WORKERS"):
+        assert line in result.stdout, line
+    report = json.loads(out.read_text())
+    assert report["batch"] == 8 and report["threads"] == 1
+    assert all(_positive(v) for v in report["matmul_gflops"].values())
+    train, infer = report["train_step"], report["inference"]
+    for key in ("median", "min", "max", "flops", "samples_per_s", "images_per_s", "gflops", "fraction_of_matmul"):
+        assert _positive(train[key]) and _positive(infer[key]), key
+    assert train["n"] == 1 and train["images_per_s"] == 3 * train["samples_per_s"]
+    assert train["gflops"] * 1e9 * train["median"] == pytest.approx(train["flops"])
+    assert infer["flops"] < train["flops"] * 4 / 8  # inference: forward of 4 samples, less than 8-sample training
+    parts = report["model"]
+    assert set(parts) == {"backbone", "heat fusion", "heads"}
+    assert all(_positive(p["params"]) and _positive(p["flops"]) for p in parts.values())
+    memory = report["memory"]["ours"]
+    assert _positive(memory["peak_mb"]) and memory["peak_mb"] >= memory["model_mb"] > 0
+    data = report["input"]
+    assert data["samples"] == 4 and all(_positive(data[k]) for k in ("per_worker", "per_worker_cached", "decode_only"))
+    assert data["workers"] >= 1 and data["workers_cached"] >= 1
+    assert "baseline" not in report
