@@ -170,11 +170,12 @@ def current_rss_mb() -> float | None:
 
 
 def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device, num_classes: int) -> dict:
-    """Peak memory of training steps (forward, losses, backward; plus the optimizer for ``ours``)."""
-    model = build_model(cfg, variant, num_classes, device)
+    """Peak memory of two iterations of ``variant``: ``"step"`` (our full training step, optimizer
+    included), ``"ours"`` or ``"baseline"`` (forward, losses and backward of either model)."""
+    model = build_model(cfg, "baseline" if variant == "baseline" else "ours", num_classes, device)
     batch, pids = random_batch(cfg, samples, device)
-    optimizer = make_optimizer(cfg, model) if variant == "ours" else None
-    step = make_step(cfg, model, variant, batch, pids, device, optimizer)
+    optimizer = make_optimizer(cfg, model) if variant == "step" else None
+    step = make_step(cfg, model, "baseline" if variant == "baseline" else "ours", batch, pids, device, optimizer)
     if device.type != "cpu":
         step()
         torch.accelerator.synchronize(device)
@@ -334,7 +335,9 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
 
     # --- memory ------------------------------------------------------------------------------------------
     if not args.no_memory:
-        variants = ["ours", "baseline"] if args.baseline else ["ours"]
+        labels = {"step": "ours, training step", "ours": "ours, forward + losses + backward",
+                  "baseline": "theirs, forward + losses + backward"}
+        variants = list(labels) if args.baseline else ["step"]
         if device.type == "cpu":
             memory = {v: memory_in_subprocess(args, v) for v in variants}
         else:
@@ -342,9 +345,7 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
         report["memory"] = memory
         for v, m in memory.items():
             extra = f" (before the first step: {m['model_mb']:.0f} MB)" if m.get("model_mb") else ""
-            what = "training step" if v == "ours" else "forward + losses + backward"
-            say(f"peak memory, {'ours' if v == 'ours' else 'theirs'}, {what}: {m['peak_mb']:.0f} MB "
-                f"[{m['kind']}]{extra}")
+            say(f"peak memory, {labels[v]}: {m['peak_mb']:.0f} MB [{m['kind']}]{extra}")
 
     # --- input pipeline ----------------------------------------------------------------------------------
     if not args.no_data:
@@ -384,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_data", action="store_true", help="skip the input-pipeline measurement")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--probe", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument("--probe", choices=["step", "ours", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 

@@ -38,7 +38,7 @@ def test_benchmark_runs_one_step_of_the_synthetic_config(tiny_root, tmp_path):
     parts = report["model"]
     assert set(parts) == {"backbone", "heat fusion", "heads"}
     assert all(_positive(p["params"]) and _positive(p["flops"]) for p in parts.values())
-    memory = report["memory"]["ours"]
+    memory = report["memory"]["step"]
     assert _positive(memory["peak_mb"]) and memory["peak_mb"] >= memory["model_mb"] > 0
     data = report["input"]
     assert data["samples"] == 4 and all(_positive(data[k]) for k in ("per_worker", "per_worker_cached", "decode_only"))
