@@ -8,8 +8,8 @@ Measures, on the config's device (MODEL.DEVICE) with random weights and random i
   median / min / max time, images/s, and the sustained GFLOP/s (FLOPs counted by
   ``torch.utils.flop_counter``) against the machine's fp32 matmul rate, measured here on a large square
   product with the same thread count (PyTorch's default GEMM and, on CPU, oneDNN's; the faster counts);
-- peak memory of a training step: on CPU the resident-set high-water mark of a fresh process per model
-  (``ru_maxrss``), on a GPU ``max_memory_allocated``;
+- peak memory of our training step, and of forward + losses + backward of each model: on CPU the
+  resident-set high-water mark of a fresh process per measurement, on a GPU ``max_memory_allocated``;
 - with ``--baseline``: forward + losses + backward of our model and of ``tools/reference_mhcf.py`` (the
   authors' structure: encoder called once per modality, ``nn.MultiheadAttention``, dense-adjacency
   diffusion) doing the same work, iterations interleaved (alternating which goes first);
@@ -23,6 +23,7 @@ GPU timings use device events, CPU timings wall time. ``--json PATH`` also write
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -154,19 +155,31 @@ def make_step(cfg: CfgNode, model: torch.nn.Module, variant: str, batch: dict, p
 # ---------------------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------------------
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status in MB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    """Resident-set high-water mark of this process in MB."""
+    """Resident-set high-water mark of this process image in MB. Linux's VmHWM starts afresh at exec;
+    ``ru_maxrss`` (the fallback) would also count the parent's resident set at fork."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB elsewhere
 
 
 def current_rss_mb() -> float | None:
     """Resident set of this process now in MB (Linux; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
-    except OSError:
-        return None
+    return _proc_status_mb("VmRSS")
 
 
 def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device, num_classes: int) -> dict:
@@ -248,8 +261,14 @@ def default_num_classes(cfg: CfgNode) -> int:
         return 171  # RGBNT201's training identities; the classifier's size barely matters here
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (Unix), to tell whether other processes shared the CPU."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
     timer = Timer(device)
+    load_before = load_average()
     report: dict = {"config": args.config_file, "device": str(device), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "batch": args.batch, "precision": cfg.SOLVER.AMP,
                     "onednn": bool(cfg.MODEL.ONEDNN and onednn_available() and device.type == "cpu")}
@@ -365,6 +384,10 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
                 f"{data['per_worker_cached']:.1f} samples/s (decoding alone: {data['decode_only']:.1f} samples/s)")
             say(f"  the model consumes {consumption:.2f} samples/s -> DATALOADER.NUM_WORKERS {data['workers']} "
                 f"keeps it fed ({data['workers_cached']} with DATALOADER.CACHE)")
+    report["load_average"] = [load_before, load_average()]
+    if None not in report["load_average"]:
+        say("1-minute load average {:.1f} at the start, {:.1f} at the end ({} cores): figures taken while "
+            "other processes competed for the CPU are low".format(*report["load_average"], os.cpu_count()))
     return report
 
 
