@@ -386,8 +386,10 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
                 f"keeps it fed ({data['workers_cached']} with DATALOADER.CACHE)")
     report["load_average"] = [load_before, load_average()]
     if None not in report["load_average"]:
-        say("1-minute load average {:.1f} at the start, {:.1f} at the end ({} cores): figures taken while "
-            "other processes competed for the CPU are low".format(*report["load_average"], os.cpu_count()))
+        busy = max(report["load_average"]) > report["threads"] + 0.5  # more than this benchmark's own threads
+        say("1-minute load average {:.1f} at the start, {:.1f} at the end, {} cores{}".format(
+            *report["load_average"], os.cpu_count(),
+            ": other processes competed for the CPU, the times are pessimistic" if busy else ""))
     return report
 
 
