@@ -41,8 +41,16 @@ def _linear_pointwise_flop(x_shape, w_shape, *args, **kwargs) -> int:
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
-if onednn_available() and torch.ops.mkldnn._linear_pointwise not in flop_registry:
-    register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_linear_pointwise_flop)
+def _linear_backward_weights_flop(grad_shape, x_shape, *args, **kwargs) -> int:
+    """FLOPs of oneDNN's ``grad.T @ x`` (the bias sum is not counted, as for ``aten.addmm``)."""
+    return 2 * math.prod(x_shape[:-1]) * grad_shape[-1] * x_shape[-1]
+
+
+if onednn_available():
+    for _op, _formula in ((torch.ops.mkldnn._linear_pointwise, _linear_pointwise_flop),
+                          (torch.ops.aten.mkldnn_linear_backward_weights, _linear_backward_weights_flop)):
+        if _op not in flop_registry:
+            register_flop_formula(_op)(_formula)
 
 
 def _fast_path(x: torch.Tensor) -> bool:
@@ -51,8 +59,23 @@ def _fast_path(x: torch.Tensor) -> bool:
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b.T (+ bias)`` by oneDNN; ``a`` (M, K) and ``b`` (N, K) may be transposed views."""
+    """``a @ b.T (+ bias)`` by oneDNN's inner product; ``a`` (M, K), ``b`` (N, K), which may be a transposed
+    view (oneDNN lays it out itself)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+def _grad_input(grad: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``grad @ (scale * weight)`` (M, K) for grad (M, N), weight (N, K)."""
+    return _matmul_nt(grad, (weight if scale == 1.0 else weight * scale).t())
+
+
+def _grad_weight_bias(grad: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(grad.T @ x, grad.sum(0) if bias)`` for grad (M, N), x (M, K), by oneDNN's inner-product
+    backward-weights primitive, which reads both in their row-major layout (no transposed copies) and sums
+    the bias gradient in the same pass."""
+    shape = torch.empty(grad.shape[1], x.shape[1], layout=torch._mkldnn)  # only its shape is read
+    grad_w, grad_b = torch.ops.aten.mkldnn_linear_backward_weights(grad.to_mkldnn(), x.to_mkldnn(), shape, bias)
+    return grad_w.to_dense(), grad_b.to_dense() if bias else None
 
 
 class _LinearFn(torch.autograd.Function):
@@ -68,10 +91,11 @@ class _LinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()                                             # (M, N)
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = _matmul_nt(grad, weight.t().contiguous()) if need_x else None   # (M, K)
-        grad_w = _matmul_nt(grad.t(), x.t()) if need_w else None                 # (N, K)
-        grad_b = grad.sum(0) if ctx.has_bias and need_b else None
-        return grad_x, grad_w, grad_b
+        grad_x = _grad_input(grad, weight) if need_x else None               # (M, K)
+        grad_w = grad_b = None
+        if need_w or (ctx.has_bias and need_b):
+            grad_w, grad_b = _grad_weight_bias(grad, x, ctx.has_bias and need_b)  # (N, K), (N,)
+        return grad_x, grad_w if need_w else None, grad_b
 
 
 class _QuickGELUMlpFn(torch.autograd.Function):
@@ -92,15 +116,14 @@ class _QuickGELUMlpFn(torch.autograd.Function):
         x, w1, pre, hidden, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         grad = grad.contiguous()                                             # (M, D)
-        grad_w2 = _matmul_nt(grad.t(), hidden.t()).div_(s) if need_w2 else None  # (D, H)
-        grad_b2 = grad.sum(0) if need_b2 else None
-        grad_hidden = _matmul_nt(grad, w2.t().contiguous().div_(s))          # (M, H)
+        grad_w2, grad_b2 = _grad_weight_bias(grad, hidden, need_b2)          # (D, H), (D,)
+        grad_hidden = _grad_input(grad, w2, 1 / s)                           # (M, H)
         grad_pre = torch.ops.aten.silu_backward(grad_hidden, pre)            # (M, H)
         del grad_hidden
-        grad_x = _matmul_nt(grad_pre, w1.t().contiguous().mul_(s)) if need_x else None  # (M, D)
-        grad_w1 = _matmul_nt(grad_pre.t(), x.t()).mul_(s) if need_w1 else None         # (H, D)
-        grad_b1 = grad_pre.sum(0).mul_(s) if need_b1 else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+        grad_x = _grad_input(grad_pre, w1, s) if need_x else None            # (M, D)
+        grad_w1, grad_b1 = _grad_weight_bias(grad_pre, x, need_b1)           # (H, D), (H,)
+        return (grad_x, grad_w1.mul_(s) if need_w1 else None, grad_b1.mul_(s) if need_b1 else None,
+                grad_w2.div_(s) if need_w2 else None, grad_b2)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
