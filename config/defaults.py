@@ -181,6 +181,11 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
+# Also measure modal bias at every evaluation during training (processor/analysis.py, as
+# tools/modal_bias.py: retrieval per modality subset, modality gap through the heat cycles, energy
+# shares, conductivities and gates) and log it to TensorBoard under "bias/". Costs one more pass over the
+# test set and the missing-modality sweep.
+_C.TEST.MODAL_BIAS = False
 # Queries per evaluation chunk (bounds evaluation memory to about EVAL_CHUNK x gallery size x 16 bytes).
 _C.TEST.EVAL_CHUNK = 256
 

@@ -21,6 +21,7 @@ from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.logger import setup_logging
 
+from .analysis import analyse_modal_bias, log_modal_bias
 from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
 from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
@@ -165,6 +166,9 @@ class Trainer:
         results = evaluate(self.cfg, self.model, self.dataset, self.device, progress=progress)
         for key, value in results["none"].as_percent().items():
             self.writer.add_scalar(f"eval/{key}", value, epoch)
+        if self.cfg.TEST.MODAL_BIAS:
+            report = analyse_modal_bias(self.cfg, self.model, self.dataset, self.device, progress=progress)
+            log_modal_bias(self.writer, report, epoch)
         return results
 
     def train_epoch(self, epoch: int) -> None:
