@@ -2,7 +2,7 @@
 
 One pass over the test samples measures the modality gap of the class tokens after the backbone and
 after each heat cycle (and of the patch means before and after the heat cycle), each modality's share
-of the features' energy, and the heat operators' conductivities and gates per edge; the missing-modality
+of the features' energy and variance, and the heat operators' conductivities and gates per edge; the missing-modality
 sweep of :func:`processor.inference.evaluate` gives retrieval with each single modality and each pair.
 """
 
@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from yacs.config import CfgNode
 
@@ -17,12 +18,13 @@ from datasets import MultiModalDataset, make_test_loader
 from model import MHCF
 from model.mhcf import TEST_FEATURES
 from utils.analysis import (
-    ModalityGap,
     RunningMean,
     energy_shares,
     flatten_scalars,
+    modality_gap,
     retrieval_by_modalities,
     retrieval_summary,
+    variance_shares,
 )
 from utils.metrics import RankResult
 
@@ -37,15 +39,19 @@ def test_samples(dataset: MultiModalDataset) -> list:
 
 
 @torch.no_grad()
-def feature_statistics(model: MHCF, loader, device: torch.device, amp: str = "off",
+def feature_statistics(model: MHCF, loader, device: torch.device, amp: str = "off", feat_norm: bool = True,
                        progress: bool = True) -> dict:
-    """Modality gaps, energy shares and heat statistics of ``model`` over ``loader`` (all modalities)."""
+    """Modality gaps, energy and variance shares and heat statistics of ``model`` over ``loader`` (all
+    modalities). The test feature is L2-normalised first when ``feat_norm`` (as retrieval sees it)."""
     model.eval()
     modalities = model.modalities
-    stages = ["backbone", *[f"cycle {c + 1}" for c in range(model.heat.num_cycles)]]
-    cls_gaps = {stage: ModalityGap(modalities) for stage in stages}
-    patch_gaps = {stage: ModalityGap(modalities) for stage in ("backbone", "heat")}
-    energy, heat = RunningMean(), RunningMean()
+    cycles = [f"cycle {c + 1}" for c in range(model.heat.num_cycles)]
+    cls_stages: dict[str, dict[str, list[torch.Tensor]]] = {s: {m: [] for m in modalities}
+                                                             for s in ["backbone", *cycles]}
+    patch_stages: dict[str, dict[str, list[torch.Tensor]]] = {s: {m: [] for m in modalities}
+                                                               for s in ("backbone", "heat")}
+    named: dict[str, list[torch.Tensor]] = {name: [] for name in [*TEST_FEATURES, "test"]}
+    heat = RunningMean()
     for batch in tqdm(loader, desc="modal bias", disable=not progress, leave=False):
         batch = batch_to(batch, modalities, device)
         with autocast_context(device, amp):
@@ -53,23 +59,34 @@ def feature_statistics(model: MHCF, loader, device: torch.device, amp: str = "of
             features, out = model.fuse(tokens)
             test = model.test_feature(features)
         size = test.shape[0]
-        cls_gaps["backbone"].update({m: t[:, 0] for m, t in tokens.items()})
-        for stage, cls in zip(stages[1:], out.cls_trace):
-            cls_gaps[stage].update(cls)
-        patch_gaps["backbone"].update({m: t[:, 1:].mean(1) for m, t in tokens.items()})
-        patch_gaps["heat"].update({m: p.mean(1) for m, p in out.patches.items()})
-        named = {**{name: (features[name], 1) for name in TEST_FEATURES}, "test": (test, len(TEST_FEATURES))}
-        for name, (feature, parts) in named.items():
-            shares = energy_shares(feature, len(modalities), parts)                              # (B, M)
-            energy.update({f"{name}/{m}": shares[:, i] for i, m in enumerate(modalities)}, size)
+        for m in modalities:
+            cls_stages["backbone"][m].append(tokens[m][:, 0].float().cpu())                      # (B, C)
+            for stage, cls in zip(cycles, out.cls_trace):
+                cls_stages[stage][m].append(cls[m].float().cpu())
+            patch_stages["backbone"][m].append(tokens[m][:, 1:].float().mean(1).cpu())
+            patch_stages["heat"][m].append(out.patches[m].float().mean(1).cpu())
+        for name in TEST_FEATURES:
+            named[name].append(features[name].float().cpu())
+        named["test"].append((F.normalize(test.float(), dim=1) if feat_norm else test.float()).cpu())
         for (cycle, src, tgt), stats in out.stats.items():
             for key, value in stats.items():  # kappa (B,), gate (B,), spatial_gate (B, N)
                 per_sample = value.float().reshape(size, -1).mean(1)                             # (B,)
                 heat.update({f"{src}->{tgt}/{key}": per_sample,
                              f"{src}->{tgt}/cycle {cycle + 1}/{key}": per_sample}, size)
-    return {"gap": {"class token": {s: g.compute() for s, g in cls_gaps.items()},
-                    "patch mean": {s: g.compute() for s, g in patch_gaps.items()}},
-            "energy": _nest(energy.compute()),
+
+    def gaps(stages: dict[str, dict[str, list[torch.Tensor]]]) -> dict:
+        return {s: modality_gap({m: torch.cat(f) for m, f in per_modality.items()})
+                for s, per_modality in stages.items()}
+
+    shares: dict[str, dict[str, dict[str, float]]] = {"energy": {}, "variance": {}}
+    for name, chunks in named.items():
+        feature = torch.cat(chunks)                                                               # (N, D)
+        parts = len(TEST_FEATURES) if name == "test" else 1
+        for kind, values in (("energy", energy_shares(feature, len(modalities), parts).mean(0)),
+                             ("variance", variance_shares(feature, len(modalities), parts))):
+            shares[kind][name] = dict(zip(modalities, values.tolist()))
+    return {"gap": {"class token": gaps(cls_stages), "patch mean": gaps(patch_stages)},
+            "shares": shares,
             "heat": {"edges": _nest(heat.compute()), "parameters": model.heat.parameter_stats()}}
 
 
@@ -86,11 +103,13 @@ def _nest(flat: Mapping[str, float]) -> dict:
 
 
 def analyse_modal_bias(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
-                       results: Mapping[str, RankResult] | None = None, progress: bool = True) -> dict:
+                       results: Mapping[str, RankResult] | None = None, max_samples: int = 2000,
+                       progress: bool = True) -> dict:
     """The modal-bias report of ``model`` on ``dataset``'s test samples (a JSON-serialisable dict).
 
     ``results``: the missing-modality sweep when already computed (every setting of
-    :func:`miss_settings`); otherwise it is run here.
+    :func:`miss_settings`); otherwise it is run here. The feature statistics use at most
+    ``max_samples`` test samples, evenly spaced (their features are held in memory).
     """
     modalities = list(model.modalities)
     settings = miss_settings(modalities)
@@ -98,16 +117,19 @@ def analyse_modal_bias(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, de
         results = evaluate(cfg, model, dataset, device, settings, progress=progress)
     missing = {s: missing_modalities(s, modalities) for s in settings}
     by_modalities = retrieval_by_modalities(results, missing, modalities)
-    loader = make_test_loader(cfg, dataset, test_samples(dataset), pin_memory=device.type == "cuda")
-    report = {"dataset": dataset.name, "modalities": modalities,
+    samples = test_samples(dataset)
+    if len(samples) > max_samples:
+        samples = [samples[i] for i in torch.linspace(0, len(samples) - 1, max_samples).round().long().tolist()]
+    loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
+    report = {"dataset": dataset.name, "modalities": modalities, "analysed_samples": len(samples),
               "retrieval": by_modalities, "summary": retrieval_summary(by_modalities, modalities)}
-    report.update(feature_statistics(model, loader, device, cfg.SOLVER.AMP, progress))
+    report.update(feature_statistics(model, loader, device, cfg.SOLVER.AMP, cfg.TEST.FEAT_NORM, progress))
     return report
 
 
 def modal_bias_scalars(report: Mapping) -> dict[str, float]:
     """The report's numbers as flat TensorBoard tags (``retrieval/RGB/mAP``, ``gap/class_token/...``)."""
-    keep = ("retrieval", "summary", "gap", "energy", "heat")
+    keep = ("retrieval", "summary", "gap", "shares", "heat")
     flat = flatten_scalars({k: report[k] for k in keep if k in report})
     return {tag.replace(" ", "_"): value for tag, value in flat.items()}
 
@@ -139,19 +161,24 @@ def format_modal_bias(report: Mapping) -> str:
 
     for kind, stages in report["gap"].items():
         pairs = [p for p in next(iter(stages.values()))["sample"] if p != "mean"]
-        lines += ["", f"Modality gap of the {kind}s (cosine distance; sample = same sample's modalities, "
-                      "centroid = modality centroids):", "",
+        lines += ["", f"Modality gap of the {kind}s (sample: cosine distance between the modalities of one "
+                      "sample, centred; centroid: distance between the modality centroids / within-modality "
+                      "spread; share: variance explained by the modality):", "",
                   "| stage | " + " | ".join(f"sample {p}" for p in pairs) + " | sample mean | "
-                  + " | ".join(f"centroid {p}" for p in pairs) + " | centroid mean |",
-                  "|---" * (2 * len(pairs) + 3) + "|"]
+                  + " | ".join(f"centroid {p}" for p in pairs) + " | centroid mean | modality share |",
+                  "|---" * (2 * len(pairs) + 4) + "|"]
         for stage, gap in stages.items():
             cells = [gap["sample"][p] for p in [*pairs, "mean"]] + [gap["centroid"][p] for p in [*pairs, "mean"]]
-            lines.append(f"| {stage} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+            lines.append(f"| {stage} | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {gap['modality_share']:.3f} |")
 
-    lines += ["", "Share of each modality in the features' energy (squared norm):", "",
-              "| feature | " + " | ".join(modalities) + " |", "|---" * (len(modalities) + 1) + "|"]
-    for name, shares in report["energy"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{shares[m]:.3f}" for m in modalities) + " |")
+    lines += ["", "Share of each modality in the features' energy (squared norm, mean over samples) and in "
+                  "their variance over the samples (what distances see; test feature as retrieval uses it):", "",
+              "| feature | " + " | ".join(f"energy {m}" for m in modalities) + " | "
+              + " | ".join(f"variance {m}" for m in modalities) + " |", "|---" * (2 * len(modalities) + 1) + "|"]
+    for name, energy in report["shares"]["energy"].items():
+        variance = report["shares"]["variance"][name]
+        lines.append(f"| {name} | " + " | ".join(f"{energy[m]:.3f}" for m in modalities) + " | "
+                     + " | ".join(f"{variance[m]:.3f}" for m in modalities) + " |")
 
     edges = report["heat"]["edges"]
     lines += ["", "Heat operators per edge (test-set means over samples and cycles):", "",

@@ -22,13 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="", help="output folder (default: the config's OUTPUT_DIR)")
+    parser.add_argument("--max-samples", type=int, default=2000,
+                        help="test samples (evenly spaced) for the feature statistics (default 2000)")
     add_config_arguments(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     cfg, model, dataset, device = load_model_and_data(args)
-    report = {"weight": cfg.TEST.WEIGHT, **analyse_modal_bias(cfg, model, dataset, device)}
+    report = {"weight": cfg.TEST.WEIGHT,
+              **analyse_modal_bias(cfg, model, dataset, device, max_samples=args.max_samples)}
     table = format_modal_bias(report)
     out = args.out or cfg.OUTPUT_DIR
     os.makedirs(out, exist_ok=True)

@@ -8,9 +8,9 @@
   framed green (same identity) or red; missing modalities (TEST.MISS) are drawn grey, as the model sees
   them (a zero normalised image).
 - ``heatmaps``: per sample and modality, the image, the per-patch change of the patch tokens over the
-  heat cycles ``‖P_after − P_before‖`` (one colour scale per sample, shared by its modalities) and the
-  spatial gate G of the edges into that modality (mean over cycles, absolute scale 0..1), upsampled and
-  overlaid.
+  heat cycles ``‖P_after − P_before‖`` (colours span the sample's smallest to largest change over its
+  modalities; the range is printed) and the spatial gate G of the edges into that modality (mean over
+  cycles, absolute scale 0..1), upsampled and overlaid.
 - ``embedding``: the test features under each missing-modality setting, with pid / camera / setting and
   thumbnails, for TensorBoard's projector (PCA, t-SNE, UMAP in the browser).
 """
@@ -62,12 +62,12 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, -1).round().astype(np.uint8)
 
 
-def overlay(image: Image.Image, heat: torch.Tensor, vmax: float, alpha: float = 0.55) -> Image.Image:
-    """``heat`` (h, w) on the token grid, divided by ``vmax``, upsampled (bilinear) to ``image`` and
-    blended over it."""
+def overlay(image: Image.Image, heat: torch.Tensor, vmin: float, vmax: float, alpha: float = 0.55) -> Image.Image:
+    """``heat`` (h, w) on the token grid, mapped from [vmin, vmax] to [0, 1], upsampled (bilinear) to
+    ``image`` and blended over it."""
     W, H = image.size
     up = F.interpolate(heat[None, None].float(), size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    colours = colorize((up / max(vmax, 1e-12)).numpy())
+    colours = colorize(((up - vmin) / max(vmax - vmin, 1e-12)).numpy())
     return Image.blend(image.convert("RGB"), Image.fromarray(colours), alpha)
 
 
@@ -159,7 +159,7 @@ def ranked_rows(dataset: MultiModalDataset, modalities: Sequence[str], features:
 
     rows = []
     for q, ranked in zip(chosen, lists):
-        gallery_items = [item(gallery[g], [f"{k + 1}: id {gallery[g].pid}", f"c{gallery[g].camid + 1} d={d:.2f}"],
+        gallery_items = [item(gallery[g], [f"{k + 1}: id {gallery[g].pid}", f"c{gallery[g].camid + 1} d={d:.3g}"],
                               match)
                          for k, (g, d, match) in enumerate(zip(ranked["index"], ranked["distance"], ranked["match"]))]
         rows.append({"query": item(q, ["query", f"id {q.pid} c{q.camid + 1}"]), "gallery": gallery_items})
@@ -180,7 +180,8 @@ def ranks(args: argparse.Namespace) -> str:
     rows = ranked_rows(dataset, model.modalities, features, picks, setting, args.topk, args.tile_height,
                        cfg.INPUT.SIZE_TEST)
     image, _ = render_ranked_lists(rows)
-    return save_png(image, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", f"ranks_{setting}.png"))
+    return save_png(image, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", f"ranks_{setting}.png"),
+                    args.colors)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,9 +202,12 @@ def heat_maps(model: MHCF, batch: Mapping[str, torch.Tensor]) -> dict[str, dict[
 
 def render_heat_maps(samples: Sequence[Sample], images: Sequence[Mapping[str, Image.Image]],
                      maps: Mapping[str, Mapping[str, torch.Tensor]], modalities: Sequence[str],
-                     size: tuple[int, int], gap: int = 6, font: ImageFont.ImageFont | None = None) -> Image.Image:
-    """Rows of samples; per modality three tiles: the image, the change overlay (scale: the sample's
-    largest change over its modalities) and the gate overlay (scale 0..1)."""
+                     size: tuple[int, int], per_map: bool = False, gap: int = 6,
+                     font: ImageFont.ImageFont | None = None) -> Image.Image:
+    """Rows of samples; per modality three tiles: the image, the change overlay (colour scale from the
+    sample's smallest to its largest change over all its modalities, printed) and the gate overlay
+    (absolute scale 0..1). ``per_map``: every overlay spans its own minimum to maximum instead (shows
+    the spatial pattern of nearly uniform maps, hides the differences between modalities)."""
     font = font or load_font()
     tile_w, tile_h = size
     cols = [(m, kind) for m in modalities for kind in ("image", "change", "gate")]
@@ -218,14 +222,19 @@ def render_heat_maps(samples: Sequence[Sample], images: Sequence[Mapping[str, Im
         draw.text((gap + c * (tile_w + gap), 2 + LINE), titles[kind], fill=TEXT, font=font)
     for r, (sample, imgs) in enumerate(zip(samples, images)):
         y = header + gap + r * (row_h + gap)
+        vmin = min(float(maps["change"][m][r].min()) for m in modalities)
         vmax = max(float(maps["change"][m][r].max()) for m in modalities)
-        draw.text((gap, y), f"id {sample.pid} c{sample.camid + 1}: max change {vmax:.3g}", fill=TEXT, font=font)
+        gmin = min(float(maps["gate"][m][r].min()) for m in modalities)
+        gmax = max(float(maps["gate"][m][r].max()) for m in modalities)
+        draw.text((gap, y), f"id {sample.pid} c{sample.camid + 1}: change {vmin:.3g} to {vmax:.3g}, "
+                            f"gate {gmin:.2f} to {gmax:.2f}", fill=TEXT, font=font)
+        scales = {"change": (vmin, vmax), "gate": (0.0, 1.0)}
         for c, (m, kind) in enumerate(cols):
             base = resize(imgs[m], size)
-            if kind == "change":
-                base = overlay(base, maps["change"][m][r], vmax)
-            elif kind == "gate":
-                base = overlay(base, maps["gate"][m][r], 1.0)
+            if kind != "image":
+                heat = maps[kind][m][r]
+                low, high = (float(heat.min()), float(heat.max())) if per_map else scales[kind]
+                base = overlay(base, heat, low, high)
             canvas.paste(base, (gap + c * (tile_w + gap), y + LINE))
     return canvas
 
@@ -242,8 +251,9 @@ def heatmaps(args: argparse.Namespace) -> str:
                 maps[kind].setdefault(m, []).append(value)
     merged = {kind: {m: torch.cat(v) for m, v in d.items()} for kind, d in maps.items()}
     size = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)
-    image = render_heat_maps(picked, [dataset.read(s) for s in picked], merged, model.modalities, size)
-    return save_png(image, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", "heatmaps.png"))
+    image = render_heat_maps(picked, [dataset.read(s) for s in picked], merged, model.modalities, size,
+                             per_map=args.per_map)
+    return save_png(image, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", "heatmaps.png"), args.colors)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,8 +304,11 @@ def embedding(args: argparse.Namespace) -> str:
     return out
 
 
-def save_png(image: Image.Image, path: str) -> str:
+def save_png(image: Image.Image, path: str, colors: int = 0) -> str:
+    """Save ``image`` as PNG; ``colors`` > 0 quantises it to a palette of that many colours (smaller file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if colors:
+        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
     image.save(path, optimize=True)
     print(f"wrote {path} ({image.size[0]}x{image.size[1]})")
     return path
@@ -315,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     specs = {
         "ranks": (ranks, "ranked lists (PNG)", 4, 96),
         "heatmaps": (heatmaps, "heat-cycle change and spatial gate overlays (PNG)", 4, 128),
-        "embedding": (embedding, "test features for TensorBoard's projector", 400, 32),
+        "embedding": (embedding, "test features for TensorBoard's projector", 300, 32),
     }
     for name, (func, help_text, num, height) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -329,9 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ranks":
             sub.add_argument("--topk", type=int, default=8, help="gallery items per query (default 8)")
         if name in ("ranks", "heatmaps"):
+            sub.add_argument("--colors", type=int, default=0,
+                             help="quantise the PNG to this many colours (smaller files); 0 keeps full colour")
             sub.add_argument("--indices", type=parse_indices, default=None, metavar="I,J,...",
                              help="explicit indices, comma-separated (into the query for ranks, into the test "
                                   "samples otherwise)")
+        if name == "heatmaps":
+            sub.add_argument("--per-map", action="store_true",
+                             help="colour every map from its own minimum to maximum (default: the change "
+                                  "maps of a sample share one scale, gates use 0..1)")
         if name == "embedding":
             sub.add_argument("--miss", default="all", help="missing-modality settings: 'all' or a comma list "
                              "such as none,r,nt (default all)")

@@ -1,9 +1,10 @@
 """Modal-bias measurements: pure computations on features, shared by ``tools/`` and the trainer.
 
-- :class:`ModalityGap`: how far apart the modalities of the same samples lie in feature space, as the
-  mean cosine distance between the modalities of one sample and the cosine distance between the
-  modalities' centroids (means of the unit-normalised features), accumulated over batches.
-- :func:`energy_shares`: each modality's share of a concatenated feature's energy (squared norm).
+- :func:`modality_gap`: how far apart the modalities lie in feature space: the cosine distance between
+  the modalities of one sample, the distance between the modalities' centroids, the share of the
+  variance explained by the modality.
+- :func:`energy_shares` / :func:`variance_shares`: each modality's share of a concatenated feature's
+  energy (squared norm) and of its variance over the samples (what distances between samples see).
 - :class:`RunningMean`: sample-weighted means of named scalars over batches.
 - :func:`retrieval_by_modalities` / :func:`retrieval_summary`: the missing-modality sweep read as "which
   modalities were used", with the single-modality spread and the fusion gain.
@@ -25,44 +26,37 @@ def pair_name(a: str, b: str) -> str:
     return f"{a}-{b}"
 
 
-class ModalityGap:
-    """Modality gap of per-modality features (B, C), accumulated over batches.
+def modality_gap(features: Mapping[str, torch.Tensor]) -> dict:
+    """How far apart the modalities lie, from per-modality features (N, C) of the same N samples.
 
-    For every pair (a, b) of modalities:
+    Tokens after a LayerNorm share a large common component (raw cosine distances between them are
+    ~1e-4), so every figure is taken relative to the mean ``mu`` over all samples and modalities:
 
-    - ``sample``: mean over samples i of ``1 - cos(x_a,i, x_b,i)`` -- how different the modalities of
-      the same sample look (0: identical directions, 1: orthogonal, 2: opposite);
-    - ``centroid``: ``1 - cos(mu_a, mu_b)`` with ``mu_m`` the mean of the unit-normalised features of
-      modality m -- the shift between the modalities' clouds as wholes.
+    - ``sample[a-b]``: mean over samples i of ``1 - cos(x_a,i - mu, x_b,i - mu)`` -- do the modalities of
+      one sample deviate from the average token alike (0), independently (1) or oppositely (2)?
+    - ``centroid[a-b]``: ``‖mu_a - mu_b‖ / s_w``, the distance between the modalities' centroids in units
+      of the within-modality spread ``s_w`` (root mean squared distance of a feature to its modality's
+      centroid): 0 when the modalities' clouds coincide on average;
+    - ``modality_share``: the share of the features' variance explained by their modality,
+      ``mean_m ‖mu_m - mu‖² / mean_{m,i} ‖x_m,i - mu‖²`` (0: no modality offset, 1: only offsets).
 
-    ``"mean"`` averages over the pairs.
+    ``"mean"`` averages ``sample`` and ``centroid`` over the pairs.
     """
-
-    def __init__(self, modalities: Sequence[str]):
-        self.modalities = list(modalities)
-        self.pairs = list(combinations(self.modalities, 2))
-        self.count = 0
-        self.distance_sums = {p: 0.0 for p in self.pairs}
-        self.unit_sums: dict[str, torch.Tensor] = {}
-
-    def update(self, features: Mapping[str, torch.Tensor]) -> None:
-        unit = {m: F.normalize(features[m].detach().double(), dim=1) for m in self.modalities}  # (B, C)
-        self.count += unit[self.modalities[0]].shape[0]
-        for a, b in self.pairs:
-            self.distance_sums[(a, b)] += float((1 - (unit[a] * unit[b]).sum(1)).sum())
-        for m, u in unit.items():
-            total = u.sum(0).cpu()                                                                # (C,)
-            self.unit_sums[m] = total if m not in self.unit_sums else self.unit_sums[m] + total
-
-    def compute(self) -> dict[str, dict[str, float]]:
-        if not self.count:
-            raise ValueError("ModalityGap.compute() before any update()")
-        sample = {pair_name(*p): s / self.count for p, s in self.distance_sums.items()}
-        centroid = {pair_name(a, b): 1 - float(F.cosine_similarity(self.unit_sums[a], self.unit_sums[b], dim=0))
-                    for a, b in self.pairs}
-        for figures in (sample, centroid):
-            figures["mean"] = sum(figures.values()) / len(self.pairs)
-        return {"sample": sample, "centroid": centroid}
+    modalities = list(features)
+    x = {m: f.detach().double().cpu() for m, f in features.items()}                             # (N, C)
+    mu = torch.stack([f.mean(0) for f in x.values()]).mean(0)                                      # (C,)
+    centroids = {m: f.mean(0) for m, f in x.items()}
+    within = torch.stack([(f - centroids[m]).pow(2).sum(1).mean() for m, f in x.items()]).mean()
+    between = torch.stack([(c - mu).pow(2).sum() for c in centroids.values()]).mean()
+    pairs = list(combinations(modalities, 2))
+    sample = {pair_name(a, b): float((1 - F.cosine_similarity(x[a] - mu, x[b] - mu, dim=1)).mean())
+              for a, b in pairs}
+    centroid = {pair_name(a, b): float((centroids[a] - centroids[b]).norm() / within.sqrt().clamp_min(1e-30))
+                for a, b in pairs}
+    for figures in (sample, centroid):
+        figures["mean"] = sum(figures.values()) / len(pairs)
+    return {"sample": sample, "centroid": centroid,
+            "modality_share": float(between / (between + within).clamp_min(1e-30))}
 
 
 def energy_shares(feature: torch.Tensor, num_modalities: int, num_parts: int = 1) -> torch.Tensor:
@@ -78,6 +72,21 @@ def energy_shares(feature: torch.Tensor, num_modalities: int, num_parts: int = 1
     blocks = feature.detach().double().reshape(B, num_parts, num_modalities, -1)                 # (B, P, M, C)
     energy = blocks.pow(2).sum(dim=(1, 3))                                                        # (B, M)
     return energy / energy.sum(1, keepdim=True).clamp_min(1e-30)
+
+
+def variance_shares(feature: torch.Tensor, num_modalities: int, num_parts: int = 1) -> torch.Tensor:
+    """Share (M,) of each modality in the variance of ``feature`` (N, D) over the N samples.
+
+    Same block layout as :func:`energy_shares`; a modality's variance is the sum of the per-dimension
+    variances of its blocks. It is also its share of the mean squared distance between two samples
+    (``E‖f - f'‖² = 2 · total variance``), the quantity retrieval ranks by.
+    """
+    N, D = feature.shape
+    if D % (num_modalities * num_parts):
+        raise ValueError(f"feature dimension {D} is not {num_parts} parts x {num_modalities} equal blocks")
+    blocks = feature.detach().double().reshape(N, num_parts, num_modalities, -1)                 # (N, P, M, C)
+    variance = blocks.var(dim=0, unbiased=False).sum(dim=(0, 2))                                  # (M,)
+    return variance / variance.sum().clamp_min(1e-30)
 
 
 class RunningMean:

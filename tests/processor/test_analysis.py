@@ -17,7 +17,9 @@ def test_training_logs_modal_bias_scalars(tiny_root, tmp_path):
     tags = set(events.Tags()["scalars"])
     for tag in ("bias/summary/fused", "bias/retrieval/RGB/mAP", "bias/retrieval/NI+TI/Rank-1",
                 "bias/gap/class_token/backbone/sample/mean", "bias/gap/class_token/cycle_3/centroid/RGB-NI",
-                "bias/energy/test/TI", "bias/heat/edges/TI->RGB/spatial_gate", "bias/heat/parameters/tau"):
+                "bias/shares/energy/test/TI", "bias/shares/variance/ori/NI",
+                "bias/gap/patch_mean/heat/modality_share", "bias/heat/edges/TI->RGB/spatial_gate",
+                "bias/heat/parameters/tau"):
         assert tag in tags
     fused = events.Scalars("bias/summary/fused")
     assert [e.step for e in fused] == [1]

@@ -17,13 +17,12 @@ MODS = ["RGB", "NI", "TI"]
 PAIRS = [("RGB", "NI"), ("RGB", "TI"), ("NI", "TI")]
 
 
-def _gap(blocks: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    unit = {m: b / np.linalg.norm(b, axis=1, keepdims=True) for m, b in blocks.items()}
-    sample = {f"{a}-{b}": float(np.mean(1 - np.sum(unit[a] * unit[b], axis=1))) for a, b in PAIRS}
-    centroid = {}
-    for a, b in PAIRS:
-        ca, cb = unit[a].mean(0), unit[b].mean(0)
-        centroid[f"{a}-{b}"] = float(1 - ca @ cb / np.linalg.norm(ca) / np.linalg.norm(cb))
+def _gap(blocks: dict[str, np.ndarray]) -> dict:
+    mu = np.concatenate(list(blocks.values())).mean(0)
+    cen = {m: (b - mu) / np.linalg.norm(b - mu, axis=1, keepdims=True) for m, b in blocks.items()}
+    sample = {f"{a}-{b}": float(np.mean(1 - np.sum(cen[a] * cen[b], axis=1))) for a, b in PAIRS}
+    spread = np.sqrt(np.mean([np.sum((b - b.mean(0)) ** 2, axis=1).mean() for b in blocks.values()]))
+    centroid = {f"{a}-{b}": float(np.linalg.norm(blocks[a].mean(0) - blocks[b].mean(0)) / spread) for a, b in PAIRS}
     return {"sample": sample, "centroid": centroid}
 
 
@@ -57,19 +56,24 @@ def test_modal_bias_report(tiny_run, tmp_path, capsys):
         expected = _gap(blocks[name])
         for kind in ("sample", "centroid"):
             for pair, value in expected[kind].items():
-                assert stages[stage][kind][pair] == pytest.approx(value, rel=1e-4, abs=1e-7)
-            assert stages[stage][kind]["mean"] == pytest.approx(np.mean(list(expected[kind].values())),
-                                                                  rel=1e-4, abs=1e-7)
+                assert stages[stage][kind][pair] == pytest.approx(value, rel=1e-3)
+            assert stages[stage][kind]["mean"] == pytest.approx(np.mean(list(expected[kind].values())), rel=1e-3)
     expected = _gap(blocks["heat_pat"])
     for pair, value in expected["sample"].items():
-        assert report["gap"]["patch mean"]["heat"]["sample"][pair] == pytest.approx(value, rel=1e-4, abs=1e-7)
+        assert report["gap"]["patch mean"]["heat"]["sample"][pair] == pytest.approx(value, rel=1e-3)
 
-    energy = {m: np.sum(feats.reshape(len(feats), 3, 3, C)[:, :, j] ** 2, axis=(1, 2)) for j, m in enumerate(MODS)}
-    total = sum(energy.values())
+    grouped = feats.reshape(len(feats), 3, 3, C)                       # (N, part, modality, C)
+    energy = {m: np.sum(grouped[:, :, j] ** 2, axis=(1, 2)) for j, m in enumerate(MODS)}
+    unit = grouped / np.linalg.norm(feats, axis=1)[:, None, None, None]  # TEST.FEAT_NORM
+    variance = {m: unit[:, :, j].var(axis=0).sum() for j, m in enumerate(MODS)}
     for m in MODS:
-        assert report["energy"]["test"][m] == pytest.approx(float(np.mean(energy[m] / total)), rel=1e-5)
-    for name in ("ori", "heat_cls", "heat_pat", "test"):
-        assert sum(report["energy"][name].values()) == pytest.approx(1.0)
+        assert report["shares"]["energy"]["test"][m] == pytest.approx(
+            float(np.mean(energy[m] / sum(energy.values()))), rel=1e-5)
+        assert report["shares"]["variance"]["test"][m] == pytest.approx(
+            float(variance[m] / sum(variance.values())), rel=1e-4)
+    for kind in ("energy", "variance"):
+        for name in ("ori", "heat_cls", "heat_pat", "test"):
+            assert sum(report["shares"][kind][name].values()) == pytest.approx(1.0)
 
     edges = report["heat"]["edges"]
     assert set(edges) == {"RGB->NI", "NI->TI", "TI->RGB"}

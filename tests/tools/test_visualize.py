@@ -71,9 +71,17 @@ def test_colour_map_and_overlay():
     assert tuple(colours[0, 2]) == COLORMAP[2][1]
     assert tuple(colours[0, 3]) == COLORMAP[-1][1] == tuple(colours[0, 4])    # clipped above
     image = Image.new("RGB", (4, 6), (200, 100, 0))
-    blended = np.asarray(overlay(image, torch.full((3, 2), 2.0), vmax=2.0, alpha=0.5)).astype(float)
-    expected = 0.5 * np.array([200, 100, 0]) + 0.5 * np.array(COLORMAP[-1][1])
-    assert np.abs(blended - expected).max() <= 1.0
+    heat = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])   # 3 x 2 grid, rows 1, 2, 3
+    blended = np.asarray(overlay(image, heat, vmin=1.0, vmax=3.0, alpha=0.5)).astype(float)  # (6, 4, 3)
+    base = np.array([200, 100, 0])
+    # the top and bottom image rows lie beyond the first and last grid rows' centres: value 1 and 3
+    assert np.abs(blended[0] - (0.5 * base + 0.5 * np.array(COLORMAP[0][1]))).max() <= 1.0
+    assert np.abs(blended[-1] - (0.5 * base + 0.5 * np.array(COLORMAP[-1][1]))).max() <= 1.0
+    # image rows 2 and 3 straddle the middle grid row's centre: values 1.75 and 2.25 -> 0.375 and 0.625,
+    # halfway between the colour map's anchors at 0.25 / 0.5 and at 0.5 / 0.75
+    anchors = [np.array(c) for _, c in COLORMAP]
+    assert np.abs(blended[2] - (0.5 * base + 0.25 * (anchors[1] + anchors[2]))).max() <= 1.0
+    assert np.abs(blended[3] - (0.5 * base + 0.25 * (anchors[2] + anchors[3]))).max() <= 1.0
 
 
 def test_heat_maps_of_a_known_operator(tiny_run):
@@ -114,9 +122,11 @@ def test_ranks_and_heatmaps_commands(tiny_run, tmp_path):
     gap, col_w, col_h, label_h = 6, 8 + 6, 48 + 6, 2 * 12 + 2
     assert image.size == (gap + col_w + 18 + 3 * (col_w + gap), gap + 2 * (label_h + col_h + gap))
     heat_png = str(tmp_path / "heat.png")
-    visualize.cli(["heatmaps", "--indices", "0,5", "--tile-height", "32", "--out", heat_png,
-                   "--config_file", config, "TEST.WEIGHT", weight])
-    assert Image.open(heat_png).size == (6 + 9 * (16 + 6), 24 + 2 * (12 + 32 + 6) + 6)
+    visualize.cli(["heatmaps", "--indices", "0,5", "--tile-height", "32", "--colors", "32", "--per-map",
+                   "--out", heat_png, "--config_file", config, "TEST.WEIGHT", weight])
+    heat = Image.open(heat_png)
+    assert heat.size == (6 + 9 * (16 + 6), 24 + 2 * (12 + 32 + 6) + 6)
+    assert heat.mode == "P" and len(heat.getcolors()) <= 32
 
 
 def test_embedding_command_writes_the_projector_files(tiny_run, tmp_path):

@@ -7,72 +7,67 @@ import pytest
 import torch
 
 from utils.analysis import (
-    ModalityGap,
     RunningMean,
     energy_shares,
     flatten_scalars,
     kept_modalities,
     mean_spatial_gates,
+    modality_gap,
     patch_change,
     ranked_lists,
     retrieval_by_modalities,
     retrieval_summary,
+    variance_shares,
 )
 from utils.metrics import RankResult
 
 MODS = ["RGB", "NI", "TI"]
 
 
-def test_gap_of_fixed_directions():
-    e = torch.eye(3)
-    n = 5
-    feats = {"RGB": e[0].repeat(n, 1) * 2.0, "NI": e[1].repeat(n, 1) * 0.5, "TI": -e[0].repeat(n, 1)}
-    gap = ModalityGap(MODS)
-    gap.update(feats)
-    out = gap.compute()
-    # orthogonal -> 1, opposite -> 2; every sample alike, so the centroids give the same figures
-    for kind in ("sample", "centroid"):
-        assert out[kind]["RGB-NI"] == pytest.approx(1.0)
-        assert out[kind]["RGB-TI"] == pytest.approx(2.0)
-        assert out[kind]["NI-TI"] == pytest.approx(1.0)
-        assert out[kind]["mean"] == pytest.approx(4 / 3)
+def test_gap_removes_the_common_component():
+    # a large offset c shared by every token; around it NI copies RGB and TI mirrors it, and the three
+    # modalities have the same centroid (c)
+    c = torch.tensor([0.0, 0.0, 0.0, 100.0])
+    u = torch.tensor([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]])
+    gap = modality_gap({"RGB": c + u, "NI": c + u, "TI": c - u})
+    assert gap["sample"]["RGB-NI"] == pytest.approx(0.0, abs=1e-12)
+    assert gap["sample"]["RGB-TI"] == pytest.approx(2.0)
+    assert gap["sample"]["NI-TI"] == pytest.approx(2.0)
+    assert gap["sample"]["mean"] == pytest.approx(4 / 3)
+    assert gap["centroid"] == pytest.approx({"RGB-NI": 0.0, "RGB-TI": 0.0, "NI-TI": 0.0, "mean": 0.0}, abs=1e-12)
+    assert gap["modality_share"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_gap_sample_versus_centroid():
-    # RGB_i = e_i, NI_i = 3 e_i, TI_i = e_{i+1}: RGB and NI agree sample by sample; TI points elsewhere for
-    # every sample (distance 1) although the three clouds have the same centroid (distance 0).
-    e = torch.eye(4)
-    feats = {"RGB": e, "NI": 3 * e, "TI": e.roll(1, dims=0)}
-    gap = ModalityGap(MODS)
-    gap.update(feats)
-    out = gap.compute()
-    assert out["sample"]["RGB-NI"] == pytest.approx(0.0, abs=1e-12)
-    assert out["sample"]["RGB-TI"] == pytest.approx(1.0)
-    assert out["sample"]["NI-TI"] == pytest.approx(1.0)
-    for pair in ("RGB-NI", "RGB-TI", "NI-TI"):
-        assert out["centroid"][pair] == pytest.approx(0.0, abs=1e-12)
+def test_gap_of_modality_offsets():
+    # RGB = c + 3 e1 + v_i, NI = c - 3 e1 + v_i, TI = c + v_i with v_i = ±e2: within-modality spread 1,
+    # centroids 6, 3 and 3 apart; variance 6 between (9 + 9 + 0) / 3 and 1 within -> share 6/7
+    c = torch.tensor([5.0, 0.0, 40.0])
+    e1, v = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
+    gap = modality_gap({"RGB": c + 3 * e1 + v, "NI": c - 3 * e1 + v, "TI": c + v})
+    assert gap["centroid"] == pytest.approx({"RGB-NI": 6.0, "RGB-TI": 3.0, "NI-TI": 3.0, "mean": 4.0})
+    assert gap["modality_share"] == pytest.approx(6 / 7)
+    # (3 e1 + v).(-3 e1 + v) / 10 = -0.8; (±3 e1 + v).v / sqrt(10) = 1 / sqrt(10)
+    assert gap["sample"]["RGB-NI"] == pytest.approx(1.8)
+    assert gap["sample"]["RGB-TI"] == pytest.approx(1 - 1 / math.sqrt(10))
+    assert gap["sample"]["NI-TI"] == pytest.approx(1 - 1 / math.sqrt(10))
 
 
-def test_gap_streaming_matches_independent_computation():
+def test_gap_matches_an_independent_computation():
     g = torch.Generator().manual_seed(0)
-    feats = {m: torch.randn(23, 8, generator=g) + i for i, m in enumerate(MODS)}
-    gap = ModalityGap(MODS)
-    for start in range(0, 23, 7):
-        gap.update({m: f[start:start + 7] for m, f in feats.items()})
-    out = gap.compute()
+    feats = {m: torch.randn(23, 8, generator=g) * (i + 1) + i for i, m in enumerate(MODS)}
+    gap = modality_gap(feats)
     x = {m: f.numpy().astype(np.float64) for m, f in feats.items()}
-    unit = {m: v / np.linalg.norm(v, axis=1, keepdims=True) for m, v in x.items()}
+    mu = np.concatenate(list(x.values())).mean(0)
+    spread = np.sqrt(np.mean([np.sum((v - v.mean(0)) ** 2, axis=1).mean() for v in x.values()]))
     for a, b in (("RGB", "NI"), ("RGB", "TI"), ("NI", "TI")):
-        expected = np.mean([1 - unit[a][i] @ unit[b][i] for i in range(23)])
-        assert out["sample"][f"{a}-{b}"] == pytest.approx(expected, rel=1e-9)
-        ca, cb = unit[a].mean(0), unit[b].mean(0)
-        expected = 1 - ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb))
-        assert out["centroid"][f"{a}-{b}"] == pytest.approx(expected, rel=1e-9)
-
-
-def test_gap_without_update_raises():
-    with pytest.raises(ValueError):
-        ModalityGap(MODS).compute()
+        expected = np.mean([1 - (x[a][i] - mu) @ (x[b][i] - mu)
+                            / np.linalg.norm(x[a][i] - mu) / np.linalg.norm(x[b][i] - mu) for i in range(23)])
+        assert gap["sample"][f"{a}-{b}"] == pytest.approx(expected, rel=1e-9)
+        assert gap["centroid"][f"{a}-{b}"] == pytest.approx(np.linalg.norm(x[a].mean(0) - x[b].mean(0)) / spread,
+                                                            rel=1e-9)
+    total = np.mean(np.sum((np.concatenate(list(x.values())) - mu) ** 2, axis=1))
+    between = np.mean([np.sum((v.mean(0) - mu) ** 2) for v in x.values()])
+    assert gap["modality_share"] == pytest.approx(between / total, rel=1e-9)
 
 
 def test_energy_shares_by_hand():
@@ -88,6 +83,17 @@ def test_energy_shares_by_hand():
     assert one[0].tolist() == pytest.approx([0.2, 0.0, 0.8])
     with pytest.raises(ValueError):
         energy_shares(torch.ones(1, 10), num_modalities=3)
+
+
+def test_variance_shares_by_hand():
+    # one channel per modality: RGB {1, 3} variance 1, NI {5, 5} variance 0, TI {0, 2 sqrt 3} variance 3
+    feature = torch.tensor([[1.0, 5.0, 0.0], [3.0, 5.0, 2 * math.sqrt(3)]])
+    assert variance_shares(feature, 3).tolist() == pytest.approx([0.25, 0.0, 0.75])
+    # two parts: the second part's blocks add to the same modalities; a constant offset changes nothing
+    both = torch.cat([feature, feature * 0 + 7.0, feature], dim=1)[:, :6] + 100.0
+    assert variance_shares(both, 3, num_parts=2).tolist() == pytest.approx([0.25, 0.0, 0.75])
+    with pytest.raises(ValueError):
+        variance_shares(torch.ones(2, 4), 3)
 
 
 def test_running_mean_weights_by_samples():
