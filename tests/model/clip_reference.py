@@ -9,6 +9,7 @@ nn.MultiheadAttention, no scaled_dot_product_attention.
 
 import math
 from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,9 +79,9 @@ class VisionTransformer(nn.Module):
         """Position embeddings for an ``H x W`` patch grid: CLIP-ReID's ``resize_pos_embed`` applied to the
         embeddings stored in ``dtype`` (bilinear, default align_corners and antialias)."""
         pos = self.positional_embedding.to(dtype)
-        side = math.isqrt(pos.shape[0] - 1)
-        if (side, side) == tuple(grid):
+        if pos.shape[0] - 1 == grid[0] * grid[1]:  # already at the ReID grid (the released checkpoints)
             return pos.float()
+        side = math.isqrt(pos.shape[0] - 1)
         old = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         new = F.interpolate(old, size=tuple(grid), mode="bilinear")
         new = new.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)

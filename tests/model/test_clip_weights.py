@@ -6,12 +6,12 @@ import os
 import pickle
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from model import build_clip_vit
-from model import clip_weights
+from model import build_clip_vit, clip_weights
 from model.clip_weights import download_openai, read_openai_state_dict
 from tests.model.clip_reference import CLIP, randomise
 from utils.errors import UserError
@@ -121,7 +121,7 @@ def test_download_is_verified_cached_and_reused(tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     path = download_openai("ViT-B-16", cache)
     assert path == os.path.join(cache, "ViT-B-16.pt")
-    assert open(path, "rb").read() == content
+    assert Path(path).read_bytes() == content
     assert os.listdir(cache) == ["ViT-B-16.pt"]  # no .part file left
     # the verified cache is used without the network
     monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16",
@@ -150,7 +150,7 @@ def test_corrupt_cached_file_is_replaced_or_refused(tmp_path, monkeypatch):
         download_openai("ViT-B-16", str(cache))
     # online again: downloaded anew over the partial file
     _serve(tmp_path, monkeypatch, content)
-    assert open(download_openai("ViT-B-16", str(cache)), "rb").read() == content
+    assert Path(download_openai("ViT-B-16", str(cache))).read_bytes() == content
 
 
 def test_openai_weights_exist_only_for_vit_b_16():
