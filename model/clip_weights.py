@@ -207,7 +207,8 @@ def _read_torchscript(path: str, archive: zipfile.ZipFile) -> dict[str, torch.Te
     with archive.open(pkl[0]) as f:
         try:
             root = _TensorUnpickler(f, archive, prefix).load()
-        except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError, TypeError, ValueError) as exc:
+        except (pickle.UnpicklingError, AttributeError, IndexError, KeyError, RuntimeError, EOFError, TypeError,
+                ValueError, zipfile.BadZipFile) as exc:  # malformed data, whatever its shape
             raise UserError(f"{path}: unreadable TorchScript archive ({exc})") from None
     state: dict[str, torch.Tensor] = {}
     _collect_tensors(root, "", state)

@@ -114,7 +114,8 @@ def _check_config(state: dict[str, torch.Tensor], model: MHCF, path: str) -> Non
     op = model.heat.operators[0]
     if op.diffusion != "stencil":
         raise UserError(f"{path} is one of the authors' released checkpoints: evaluate it with "
-                        f"MODEL.HEAT.DIFFUSION stencil (their operator, DESIGN §4.4), not {op.diffusion!r}")
+                        f"MODEL.HEAT.DIFFUSION stencil (their heat operator), not {op.diffusion!r}; see the README, "
+                        f"'Reproduce the paper with the released checkpoints'")
     if list(model.modalities) != list(_MODALITIES):
         raise UserError(f"{path} is one of the authors' released checkpoints: it needs MODEL.MODALITIES "
                         f"{list(_MODALITIES)}, got {list(model.modalities)}")

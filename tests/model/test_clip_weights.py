@@ -32,12 +32,15 @@ def openai_files(tmp_path_factory):
     return clip, state_path, archive_path
 
 
-def test_tokens_equal_clip_for_state_dict_and_torchscript(openai_files):
+def test_tokens_equal_clip_for_state_dict_and_torchscript(openai_files, tmp_path, monkeypatch):
     clip, state_path, archive_path = openai_files
     with zipfile.ZipFile(archive_path) as z:
         assert any("/code/" in n for n in z.namelist())  # a real TorchScript archive
     from_state = build_clip_vit((256, 128), pretrained=state_path).eval()
-    from_archive = build_clip_vit((256, 128), pretrained=archive_path).eval()
+    # the archive through the "openai" path: downloaded (from a file:// URL), verified, cached, read
+    _serve(tmp_path, monkeypatch, Path(archive_path).read_bytes())
+    from_archive = build_clip_vit((256, 128), pretrained="openai", cache_dir=str(tmp_path / "cache")).eval()
+    assert os.listdir(tmp_path / "cache") == ["ViT-B-16.pt"]
     a, b = from_state.state_dict(), from_archive.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
