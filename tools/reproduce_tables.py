@@ -4,11 +4,11 @@
     python -m tools.reproduce_tables --root /data/reid --rgbnt201 output/RGBNT201 --msvr310 msvr.pth
 
 Each checkpoint is a file (evaluated with ``configs/<DATASET>/MHCF.yml``) or a training output folder
-(its ``model_final.pth`` with its own ``config.yaml``). ``--runs DIR`` takes ``DIR/<DATASET>/`` for every
-benchmark not given explicitly. Trailing ``KEY VALUE`` pairs override every benchmark's config. Prints
-two Markdown tables -- all modalities vs the paper, and the missing-modality sweep -- and writes
-``tables.md`` and ``tables.json`` into ``--out``. Benchmarks without a checkpoint or without their
-dataset folder are listed as not present.
+(its ``model_final.pth`` with its own ``config.yaml``). ``--runs DIR`` takes ``DIR/<DATASET>/`` or
+``DIR/<DATASET>.pth`` for every benchmark not given explicitly. Trailing ``KEY VALUE`` pairs override
+every benchmark's config. Prints two Markdown tables -- all modalities vs the paper, and the
+missing-modality sweep -- and writes ``tables.md`` and ``tables.json`` into ``--out``. Benchmarks without
+a checkpoint or without their dataset folder are listed as not present.
 """
 
 import argparse
@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--root", default="./data", help="folder holding the datasets (DATASETS.ROOT_DIR)")
-    parser.add_argument("--runs", default="", help="folder of training outputs, one sub-folder per benchmark "
-                        "(<runs>/RGBNT201/model_final.pth, ...)")
+    parser.add_argument("--runs", default="", help="folder holding, per benchmark, a training output folder "
+                        "<runs>/<DATASET>/ or a checkpoint file <runs>/<DATASET>.pth")
     for name in BENCHMARKS:
         parser.add_argument(option(name), dest=name, default="", metavar="PATH",
                             help=f"{name}: checkpoint file or training output folder")
@@ -59,11 +59,17 @@ def locate(name: str, explicit: str, runs: str) -> tuple[str, str] | str:
     default_config = os.path.join(REPO, "configs", name, "MHCF.yml")
     path = explicit
     if not path:
-        path = os.path.join(runs, name) if runs else ""
-        if not (path and os.path.isdir(path)):
-            return f"no checkpoint (give {option(name)}" + (f" or {path}/)" if runs else " or --runs)")
-        if not os.path.isfile(os.path.join(path, "model_final.pth")):
-            return f"no model_final.pth in {path}"
+        if not runs:
+            return f"no checkpoint (give {option(name)} or --runs)"
+        folder, file = os.path.join(runs, name), os.path.join(runs, f"{name}.pth")
+        if os.path.isdir(folder):
+            if not os.path.isfile(os.path.join(folder, "model_final.pth")):
+                return f"no model_final.pth in {folder}"
+            path = folder
+        elif os.path.isfile(file):
+            path = file
+        else:
+            return f"no checkpoint (give {option(name)}, {folder}/ or {file})"
     if os.path.isdir(path):
         checkpoint = os.path.join(path, "model_final.pth")
         if not os.path.isfile(checkpoint):

@@ -81,7 +81,8 @@ def test_modal_bias_report(tiny_run, tmp_path, capsys):
         per_cycle = [stats[f"cycle {c}"]["gate"] for c in (1, 2, 3)]
         assert stats["gate"] == pytest.approx(np.mean(per_cycle))
         assert 0 < stats["spatial_gate"] < 1 and stats["kappa"] > 0
-    assert report["heat"]["parameters"]["conductivity/NI"] == pytest.approx(0.1, rel=1e-5)  # untrained
+    untrained = cfg.MODEL.HEAT.INIT_CONDUCTIVITY
+    assert report["heat"]["parameters"]["conductivity/NI"] == pytest.approx(untrained, rel=1e-5)
 
 
 def test_missing_weight_is_a_user_error(tiny_run, capsys):

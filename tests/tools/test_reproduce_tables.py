@@ -16,6 +16,7 @@ def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, tiny_run, tm
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "Synthetic")          # the --runs layout: <runs>/<DATASET>/
     (runs / "MSVR310").mkdir()                              # a run folder without model_final.pth
+    shutil.copy(os.path.join(tiny_run, "model_final.pth"), runs / "RGBNT100.pth")  # or <runs>/<DATASET>.pth
     out = tmp_path / "tables"
     reproduce_tables.cli(["--root", tiny_root, "--runs", str(runs),
                           "--rgbnt201", os.path.join(tiny_run, "model_final.pth"), "--out", str(out),
@@ -24,7 +25,10 @@ def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, tiny_run, tm
         records = json.load(f)
     assert list(records) == ["RGBNT201", "Market-MM", "RGBNT100", "MSVR310", "Synthetic"]
     assert records["RGBNT201"]["status"].startswith("dataset not found")
-    assert records["Market-MM"]["status"] == f"no checkpoint (give --market-mm or {runs}/Market-MM/)"
+    assert records["Market-MM"]["status"] == (f"no checkpoint (give --market-mm, {runs}/Market-MM/ or "
+                                              f"{runs}/Market-MM.pth)")
+    assert records["RGBNT100"]["status"].startswith("dataset not found")
+    assert records["RGBNT100"]["checkpoint"] == str(runs / "RGBNT100.pth")
     assert records["MSVR310"]["status"] == f"no model_final.pth in {runs}/MSVR310"
 
     # the same checkpoint through test.py, sweeping the missing modalities
