@@ -1,9 +1,10 @@
 """Modal-bias analysis of a model on a dataset's test samples (``tools/modal_bias.py``, TEST.MODAL_BIAS).
 
 One pass over the test samples measures the modality gap of the class tokens after the backbone and
-after each heat cycle (and of the patch means before and after the heat cycle), each modality's share
-of the features' energy and variance, and the heat operators' conductivities and gates per edge; the missing-modality
-sweep of :func:`processor.inference.evaluate` gives retrieval with each single modality and each pair.
+after each heat cycle (and of the patch means before and after the heat cycles), each modality's share
+of the features' energy and variance, and the heat operators' conductivities and gates per edge; the
+missing-modality sweep of :func:`processor.inference.evaluate` gives retrieval with each single modality
+and each pair.
 """
 
 import logging
@@ -33,7 +34,7 @@ from .inference import autocast_context, batch_to, evaluate, miss_settings, miss
 logger = logging.getLogger(__name__)
 
 
-def test_samples(dataset: MultiModalDataset) -> list:
+def evaluation_samples(dataset: MultiModalDataset) -> list:
     """Every test sample once: the query (when it is also the gallery) or query + gallery."""
     return list(dataset.query) if dataset.gallery is dataset.query else [*dataset.query, *dataset.gallery]
 
@@ -117,7 +118,7 @@ def analyse_modal_bias(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, de
         results = evaluate(cfg, model, dataset, device, settings, progress=progress)
     missing = {s: missing_modalities(s, modalities) for s in settings}
     by_modalities = retrieval_by_modalities(results, missing, modalities)
-    samples = test_samples(dataset)
+    samples = evaluation_samples(dataset)
     if len(samples) > max_samples:
         samples = [samples[i] for i in torch.linspace(0, len(samples) - 1, max_samples).round().long().tolist()]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from torch.utils.tensorboard import SummaryWriter
 
 from datasets import MultiModalDataset, Sample, make_test_loader
 from model import MHCF
-from processor.analysis import test_samples
+from processor.analysis import evaluation_samples
 from processor.inference import batch_to, extract_features, miss_settings, missing_modalities
 from utils.analysis import kept_modalities, mean_spatial_gates, patch_change, ranked_lists
 from utils.errors import UserError
@@ -159,10 +160,11 @@ def ranked_rows(dataset: MultiModalDataset, modalities: Sequence[str], features:
 
     rows = []
     for q, ranked in zip(chosen, lists):
-        gallery_items = [item(gallery[g], [f"{k + 1}: id {gallery[g].pid}", f"c{gallery[g].camid + 1} d={d:.3g}"],
-                              match)
-                         for k, (g, d, match) in enumerate(zip(ranked["index"], ranked["distance"], ranked["match"]))]
-        rows.append({"query": item(q, ["query", f"id {q.pid} c{q.camid + 1}"]), "gallery": gallery_items})
+        items = []
+        for k, (g, d, match) in enumerate(zip(ranked["index"], ranked["distance"], ranked["match"])):
+            s = gallery[g]
+            items.append(item(s, [f"{k + 1}: id {s.pid}", f"c{s.camid + 1} d={d:.3g}"], match))
+        rows.append({"query": item(q, ["query", f"id {q.pid} c{q.camid + 1}"]), "gallery": items})
     return rows
 
 
@@ -171,7 +173,7 @@ def ranks(args: argparse.Namespace) -> str:
     setting = cfg.TEST.MISS
     if setting == "all":
         raise UserError("visualize ranks: TEST.MISS must be one setting (none, r, n, t, rn, ...), not 'all'")
-    samples = test_samples(dataset)
+    samples = evaluation_samples(dataset)
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     features = extract_features(model, loader, device, [setting], cfg.SOLVER.AMP)[setting]
     if cfg.TEST.FEAT_NORM:
@@ -241,7 +243,7 @@ def render_heat_maps(samples: Sequence[Sample], images: Sequence[Mapping[str, Im
 
 def heatmaps(args: argparse.Namespace) -> str:
     cfg, model, dataset, device = load_model_and_data(args)
-    samples = test_samples(dataset)
+    samples = evaluation_samples(dataset)
     picked = [samples[i] for i in pick_indices(len(samples), args.num, args.indices)]
     loader = make_test_loader(cfg, dataset, picked, pin_memory=device.type == "cuda")
     maps: dict[str, dict[str, list[torch.Tensor]]] = {"change": {}, "gate": {}}
@@ -277,15 +279,13 @@ def projector_inputs(features: Mapping[str, torch.Tensor], samples: Sequence[Sam
 
 
 def embedding(args: argparse.Namespace) -> str:
-    from torch.utils.tensorboard import SummaryWriter
-
     cfg, model, dataset, device = load_model_and_data(args)
     settings = miss_settings(model.modalities) if args.miss == "all" else args.miss.split(",")
     valid = miss_settings(model.modalities)
     if any(s not in valid for s in settings):
         raise UserError(f"visualize embedding: --miss must be 'all' or a comma list of {', '.join(valid)}; "
                         f"got {args.miss!r}")
-    samples = test_samples(dataset)
+    samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     features = extract_features(model, loader, device, settings, cfg.SOLVER.AMP)
