@@ -9,7 +9,8 @@
 - :func:`retrieval_by_modalities` / :func:`retrieval_summary`: the missing-modality sweep read as "which
   modalities were used", with the single-modality spread and the fusion gain.
 - :func:`ranked_lists`: a query's top-k gallery under the dataset's protocol, with match flags.
-- :func:`patch_change`: per-patch norm of the change of the patch tokens, on the token grid.
+- :func:`patch_change` / :func:`mean_spatial_gates`: per-patch norm of the change of the patch tokens,
+  and the heat operators' spatial gates per target modality, on the token grid.
 """
 
 from collections.abc import Mapping, Sequence
