@@ -1,5 +1,5 @@
 """Quantify modal bias of a checkpoint: retrieval per modality subset, modality gap through the heat
-cycles, energy shares, learned conductivities and gates.
+cycles, energy and variance shares, learned conductivities and gates.
 
     python -m tools.modal_bias --config_file configs/Synthetic/MHCF.yml \
         TEST.WEIGHT output/Synthetic/model_final.pth

@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"number of {'queries' if name == 'ranks' else 'test samples'}, evenly spaced "
                               f"(default {num})")
         sub.add_argument("--tile-height", type=int, default=height, help=f"pixels per image tile (default {height})")
-        sub.add_argument("--out", default="", help="output file (PNG) or folder (embedding); default under "
-                         "OUTPUT_DIR")
+        out_help = ("output folder (default OUTPUT_DIR/projector)" if name == "embedding"
+                    else "output PNG (default under OUTPUT_DIR/visualize/)")
+        sub.add_argument("--out", default="", help=out_help)
         if name == "ranks":
             sub.add_argument("--topk", type=int, default=8, help="gallery items per query (default 8)")
         if name in ("ranks", "heatmaps"):
