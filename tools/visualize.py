@@ -104,7 +104,10 @@ def render_ranked_lists(rows: Sequence[Mapping], frame: int = 3, gap: int = 6, q
     num_tiles = len(rows[0]["query"]["tiles"])
     lines = max(len(item["label"]) for row in rows for item in [row["query"], *row["gallery"]])
     label_h = LINE * lines + 2
-    col_w, col_h = tile_w + 2 * frame, tile_h * num_tiles + 2 * frame
+    box_w, col_h = tile_w + 2 * frame, tile_h * num_tiles + 2 * frame
+    widest = max(font.getlength(text) for row in rows for item in [row["query"], *row["gallery"]]
+                 for text in item["label"])
+    col_w = max(box_w, int(widest) + 2)  # labels may be wider than the tiles
     row_h = label_h + col_h
     most = max(len(row["gallery"]) for row in rows)
     width = gap + col_w + query_gap + most * (col_w + gap)
@@ -121,7 +124,7 @@ def render_ranked_lists(rows: Sequence[Mapping], frame: int = 3, gap: int = 6, q
             for k, text in enumerate(item["label"]):
                 draw.text((x, y + k * LINE), text, fill=TEXT, font=font)
             top = y + label_h
-            box = (x, top, x + col_w - 1, top + col_h - 1)
+            box = (x, top, x + box_w - 1, top + col_h - 1)
             draw.rectangle(box, fill=colour)
             for t, tile in enumerate(item["tiles"]):
                 canvas.paste(tile, (x + frame, top + frame + t * tile_h))
@@ -163,7 +166,7 @@ def ranked_rows(dataset: MultiModalDataset, modalities: Sequence[str], features:
         items = []
         for k, (g, d, match) in enumerate(zip(ranked["index"], ranked["distance"], ranked["match"])):
             s = gallery[g]
-            items.append(item(s, [f"{k + 1}: id {s.pid}", f"c{s.camid + 1} d={d:.3g}"], match))
+            items.append(item(s, [f"{k + 1}: id {s.pid}", f"c{s.camid + 1} d={d:.2g}"], match))
         rows.append({"query": item(q, ["query", f"id {q.pid} c{q.camid + 1}"]), "gallery": items})
     return rows
 
@@ -229,7 +232,7 @@ def render_heat_maps(samples: Sequence[Sample], images: Sequence[Mapping[str, Im
         gmin = min(float(maps["gate"][m][r].min()) for m in modalities)
         gmax = max(float(maps["gate"][m][r].max()) for m in modalities)
         draw.text((gap, y), f"id {sample.pid} c{sample.camid + 1}: change {vmin:.3g} to {vmax:.3g}, "
-                            f"gate {gmin:.2f} to {gmax:.2f}", fill=TEXT, font=font)
+                            f"gate {gmin:.3g} to {gmax:.3g}", fill=TEXT, font=font)
         scales = {"change": (vmin, vmax), "gate": (0.0, 1.0)}
         for c, (m, kind) in enumerate(cols):
             base = resize(imgs[m], size)
