@@ -78,16 +78,46 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, 
     return _summarise(ap_sum, inp_sum, cmc_counts, num_valid)
 
 
-def _sortable_keys(dist: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordering like (distance, gallery index): the float32 bits made monotone, then the index.
+_KEY_MAX = torch.iinfo(torch.int64).max
 
-    Distinct for every gallery item, so counting keys below a positive's key gives exactly its rank in a
-    stable sort.
+
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordering the float32 ``values`` (Q, G) like the pairs (value, column index).
+
+    A float's bit pattern read as an integer orders like the float for non-negative values and backwards
+    for negative ones (which are mirrored; -0.0 maps onto +0.0). The column index fills the low 32 bits,
+    so keys are distinct and their order is a stable sort's.
     """
-    bits = dist.float().contiguous().view(torch.int32)
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)   # negative floats: reverse their order
-    index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
-    return bits.to(torch.int64) * (1 << 32) + index
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    if bool((bits < 0).any()):
+        bits = torch.where(bits < 0, -(bits + 2**31), bits)
+    index = torch.arange(values.shape[1], device=values.device, dtype=torch.int64)
+    return bits.mul_(2**32).add_(index)
+
+
+def _sort_rows_(x: torch.Tensor) -> torch.Tensor:
+    """``x`` sorted along its rows (in place on CPU, where NumPy's vectorised sort is far faster)."""
+    if x.device.type == "cpu":
+        x.numpy().sort(axis=1)
+        return x
+    return torch.sort(x, dim=1).values
+
+
+def _positive_ranks(dist: torch.Tensor, same: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """1-based ranks (Q, W) of every query's positives in its filtered ranking, in ranking order.
+
+    ``same`` (Q, W) holds the gallery indices of the query's identity (padded by repeating one of them),
+    ``positive`` (Q, W) marks those that count (not junk, not padding). The filtered ranking holds the
+    positives and the negatives (other identities) ordered by (distance, gallery index). The j-th positive
+    (0-based) has rank ``j + 1 + n_j``, n_j the negatives before it, found by binary search of its key in
+    the row's sorted negative keys. Positions j >= the query's number of positives hold meaningless values.
+    """
+    keys = _order_keys(dist)                                                                    # (Q, G)
+    pos_keys = keys.gather(1, same).masked_fill_(~positive, _KEY_MAX).sort(dim=1).values        # (Q, W)
+    negatives = _sort_rows_(keys.scatter_(1, same, _KEY_MAX))    # identity's items last, as if absent
+    before = torch.searchsorted(negatives, pos_keys)                                            # (Q, W)
+    j = torch.arange(1, same.shape[1] + 1, device=dist.device, dtype=torch.float64)[None, :]
+    return before.double() + j
 
 
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_camids, g_camids,
@@ -96,51 +126,60 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     """The same figures as :func:`evaluate_rank` on squared Euclidean distances of features (for
     L2-normalised features that is ``2 - 2 cos``), in memory bounded by ``chunk_size`` x gallery size.
 
-    Per chunk of queries: distances by one matrix product; the ranks of the positives without sorting the
-    gallery: positives' keys are sorted per query (few), and every valid gallery item is located among them
-    by binary search; a cumulative count then gives how many valid items precede each positive.
+    Per chunk of queries: distances by one matrix product; then the ranks of the positives
+    (:func:`_positive_ranks`): the negatives' (distance, index) keys are sorted as plain integers, no
+    argsort, and each positive is located among them by binary search. The gallery items of a query's identity come from
+    an index of the gallery by identity, so no query x gallery mask is built. Runs on ``device`` (default:
+    the features' device; on CUDA the chunks run on the GPU).
     """
     device = torch.device(device) if device is not None else qf.device
+    if not (torch.isfinite(qf).all() and torch.isfinite(gf).all()):
+        raise ValueError("features hold NaN or infinite values")
     gf = gf.to(device=device, dtype=torch.float32)
     g_sq = gf.pow(2).sum(1)
-    meta = [torch.as_tensor(np.asarray(v), device=device) if v is not None else None
-            for v in (q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids)]
+
+    def as_tensor(values):
+        return torch.as_tensor(np.asarray(values), device=device)
+
+    q_pids, g_pids = as_tensor(q_pids), as_tensor(g_pids)
+    # the junk rule: same identity and same scene (MSVR310) or same camera
+    q_groups, g_groups = ((as_tensor(q_sceneids), as_tensor(g_sceneids)) if q_sceneids is not None
+                          else (as_tensor(q_camids), as_tensor(g_camids)))
+    g_sorted_pids, g_by_pid = torch.sort(g_pids, stable=True)   # gallery indices grouped by identity
+    first = torch.searchsorted(g_sorted_pids, q_pids, side="left")                              # (Q,)
+    count = torch.searchsorted(g_sorted_pids, q_pids, side="right") - first                     # (Q,)
     max_rank = min(max_rank, gf.shape[0])
     ap_sum = inp_sum = 0.0
     cmc_counts = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
-    big = torch.iinfo(torch.int64).max
     for start in range(0, qf.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        q = qf[sl].to(device=device, dtype=torch.float32)
-        dist = q.pow(2).sum(1, keepdim=True) + g_sq[None, :] - 2 * q @ gf.t()                 # (Q, G)
-        valid, positive = _keep_masks(meta[0][sl], meta[1], meta[2][sl], meta[3],
-                                      None if meta[4] is None else meta[4][sl], meta[5], torch)
-        keys = _sortable_keys(dist)
+        rows = torch.arange(start, min(start + chunk_size, qf.shape[0]), device=device)
+        rows = rows[count[rows] > 0]                      # queries whose identity is in the gallery
+        if len(rows) == 0:
+            continue
+        width = int(count[rows].max())
+        offsets = torch.arange(width, device=device)[None, :]                                   # (1, W)
+        in_block = offsets < count[rows, None]                                                  # (Q, W)
+        same = g_by_pid[first[rows, None] + torch.where(in_block, offsets, 0)]                  # (Q, W)
+        positive = in_block & (g_groups[same] != q_groups[rows, None])                          # (Q, W)
+        keep = positive.any(1)                            # queries without a valid positive are skipped
+        rows, same, positive = rows[keep], same[keep], positive[keep]
+        if len(rows) == 0:
+            continue
+        q = qf[rows.to(qf.device)].to(device=device, dtype=torch.float32)
+        dist = torch.addmm(q.pow(2).sum(1, keepdim=True) + g_sq[None, :], q, gf.t(), alpha=-2)  # (Q, G)
+        ranks = _positive_ranks(dist, same, positive)                                           # (Q, W)
         del dist
-        num_pos = positive.sum(1)                                                                # (Q,)
-        width = max(int(num_pos.max()), 1)
-        pos_keys = torch.where(positive, keys, big).sort(dim=1).values[:, :width].contiguous()  # (Q, P)
-        neg_keys = torch.where(valid & ~positive, keys, big)                                     # (Q, G)
-        del keys
-        # slot j = number of positives with a key below the item's: the item precedes positive j
-        slot = torch.searchsorted(pos_keys, neg_keys)                                            # (Q, G)
-        slot = torch.where(neg_keys == big, width, slot)        # invalid items and positives: no slot
-        before = torch.zeros(q.shape[0], width + 1, dtype=torch.int64, device=device)
-        before.scatter_add_(1, slot, torch.ones_like(slot))
-        before = before[:, :width].cumsum(1)                     # valid negatives preceding positive j
-        j = torch.arange(1, width + 1, device=device, dtype=torch.float64)[None, :]
-        ranks = before.double() + j                              # 1-based ranks of the positives
-        has = torch.arange(width, device=device)[None, :] < num_pos[:, None]
-        ok = num_pos > 0
-        ap = torch.where(has, j / ranks, 0.0).sum(1)[ok] / num_pos[ok]
-        last = ranks.gather(1, (num_pos.clamp(min=1) - 1)[:, None])[:, 0]
-        first = ranks[:, 0][ok].long()
-        num_valid += int(ok.sum())
+        num_pos = positive.sum(1)
+        j = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)[None, :]
+        ap = torch.where(j <= num_pos[:, None], j / ranks, 0.0).sum(1) / num_pos
+        last = ranks.gather(1, (num_pos - 1)[:, None])[:, 0]
+        num_valid += len(rows)
         ap_sum += float(ap.sum())
-        inp_sum += float((num_pos[ok] / last[ok]).sum())
-        first = first[first <= max_rank]
-        cmc_counts += torch.bincount(first - 1, minlength=max_rank).double().cumsum(0)
+        inp_sum += float((num_pos / last).sum())
+        best = ranks[:, 0].long()
+        best = best[best <= max_rank]
+        cmc_counts += torch.bincount(best - 1, minlength=max_rank).double().cumsum(0)
     return _summarise(ap_sum, inp_sum, cmc_counts.cpu().numpy(), num_valid)
 
 
