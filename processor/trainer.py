@@ -21,7 +21,7 @@ from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.logger import setup_logging
 
-from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
+from .checkpoint import FORMAT, atomic_save, load_weights, model_checkpoint, read_checkpoint, rng_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
 from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
 
@@ -106,9 +106,9 @@ class Trainer:
             logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
             return 0
         state = read_checkpoint(self.last_path)
-        if "optimizer" not in state:
+        if state.get("format") != FORMAT or "optimizer" not in state:
             raise UserError(f"{self.last_path} holds no training state to resume from")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -187,9 +187,10 @@ class Trainer:
             total = sum(losses.values())
             values = all_reduce_mean(torch.stack([total.detach(), *[v.detach() for v in losses.values()]]), info)
             if not torch.isfinite(values[0]):
-                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}; "
-                                f"the last good checkpoint is {self.last_path} (lower SOLVER.BASE_LR or use "
-                                f"SOLVER.AMP bf16)")
+                saved = (f"the last good checkpoint is {self.last_path} (epoch {epoch - 1})" if epoch > 1
+                         else "no checkpoint was written")
+                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}/{steps}; "
+                                f"{saved}; lower SOLVER.BASE_LR or use SOLVER.AMP bf16")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
