@@ -167,6 +167,28 @@ class Trainer:
             self.writer.add_scalar(f"eval/{key}", value, epoch)
         return results
 
+    def train_step(self, batch: dict, where: str, saved: bool = True):
+        """One optimisation step; returns the loss values (averaged over processes) by name, the model's
+        outputs and the batch's labels. A non-finite loss stops the run on every process alike, naming
+        ``where`` it happened; ``saved`` tells whether last.pth holds an earlier epoch."""
+        batch = batch_to(batch, self.model.modalities, self.device)
+        pids = batch["pid"].to(self.device)
+        with autocast_context(self.device, self.cfg.SOLVER.AMP):
+            outputs = self.train_model(batch)
+            losses = self.loss_fn(outputs, pids)
+        total = sum(losses.values())
+        values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
+                                 self.info)
+        if not torch.isfinite(values[0]):
+            last = f"the last good checkpoint is {self.last_path}" if saved else "no checkpoint was written yet"
+            raise UserError(f"non-finite loss ({values[0].item()}) at {where}; {last}; lower SOLVER.BASE_LR or "
+                            f"use SOLVER.AMP bf16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(zip(["loss", *losses], values.tolist())), outputs, pids
+
     def train_epoch(self, epoch: int) -> None:
         cfg, info = self.cfg, self.info
         self.loader.sampler.set_epoch(epoch)
@@ -179,26 +201,8 @@ class Trainer:
         bar = tqdm(self.loader, total=steps, desc=f"epoch {epoch}/{cfg.SOLVER.MAX_EPOCHS}",
                    disable=not (info.is_main and sys.stderr.isatty()), leave=False)
         for it, batch in enumerate(bar, 1):
-            batch = batch_to(batch, self.model.modalities, self.device)
-            pids = batch["pid"].to(self.device)
-            with autocast_context(self.device, cfg.SOLVER.AMP):
-                outputs = self.train_model(batch)
-                losses = self.loss_fn(outputs, pids)
-            total = sum(losses.values())
-            values = all_reduce_mean(torch.stack([total.detach(), *[v.detach() for v in losses.values()]]), info)
-            if not torch.isfinite(values[0]):
-                saved = (f"the last good checkpoint is {self.last_path} (epoch {epoch - 1})" if epoch > 1
-                         else "no checkpoint was written")
-                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}/{steps}; "
-                                f"{saved}; lower SOLVER.BASE_LR or use SOLVER.AMP bf16")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-            values = values.tolist()
-            sums["loss"] += values[0]
-            for name, value in zip(losses, values[1:]):
+            values, outputs, pids = self.train_step(batch, f"epoch {epoch}, iteration {it}/{steps}", epoch > 1)
+            for name, value in values.items():
                 sums[name] += value
             sums["acc"] += (outputs["logits"]["ori"].argmax(1) == pids).float().mean().item()
             stats = outputs["heat_stats"]
