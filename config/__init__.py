@@ -16,7 +16,6 @@ __all__ = ["get_default_config", "load_config", "merge_overrides"]
 _CHOICES = {
     "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
     "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
-    "DATASETS.NAMES": ("RGBNT201", "Market-MM", "RGBNT100", "MSVR310", "Synthetic"),
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),
@@ -107,7 +106,7 @@ def _validate(cfg: CN) -> None:
             f"config: MODEL.HEAT.ORDER {list(cfg.MODEL.HEAT.ORDER)} must be a permutation of "
             f"MODEL.MODALITIES {mods}"
         )
-    if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
+    if cfg.DATALOADER.NUM_INSTANCE < 1 or cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise UserError(
             f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
             f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"

@@ -68,7 +68,7 @@ _C.MODEL.HEAT.TAU = 1.0
 # Learn tau (through its logarithm) together with the network.
 _C.MODEL.HEAT.LEARN_TAU = True
 # Initial per-channel conductivity k_t = softplus(theta_t) of every target modality (dct only).
-_C.MODEL.HEAT.INIT_CONDUCTIVITY = 0.1
+_C.MODEL.HEAT.INIT_CONDUCTIVITY = 0.05
 
 # -----------------------------------------------------------------------------------------------------
 # INPUT

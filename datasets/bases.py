@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
 
@@ -35,6 +35,8 @@ def read_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image file (corrupt or wrong format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
@@ -60,12 +62,12 @@ class MultiModalDataset:
     #: evaluation rule: "camera" drops gallery items with the query's pid and camera, "scene" those
     #: with the query's pid and scene (MSVR310)
     protocol: ClassVar[str] = "camera"
-    #: the expected tree, shown when a folder is missing
+    #: the expected tree (``<ROOT_DIR>`` stands for the root), shown when a folder is missing
     tree: ClassVar[str]
 
     def __init__(self, root: str):
-        self.root = root
-        self.dataset_dir = self._find_dataset_dir(root)
+        self.root = os.path.expanduser(root)
+        self.dataset_dir = self._find_dataset_dir(self.root)
         self.modalities = tuple(self.modality_dirs)
         self.train = self._relabel(self._load_split("train"))
         self.query = self._load_split("query")
@@ -74,25 +76,33 @@ class MultiModalDataset:
 
     # --- what subclasses may override ---------------------------------------------------------------
     def parse_name(self, filename: str) -> tuple[int, int, int] | None:
-        """``(pid, camid, sceneid)`` from a file's base name, or None for a file the benchmark ignores."""
+        """``(pid, camid, sceneid)`` from a file's base name, or None for a file the benchmark ignores.
+
+        Only the base name is parsed: folder names (``bounding_box_train``, a user's ``exp_c3_01`` root)
+        never leak into the ids. Raises ValueError for a name the benchmark cannot hold.
+        """
         match = self.filename_re.match(filename)
         if match is None:
-            raise UserError(
-                f"{self.name}: cannot parse file name {filename!r} (expected {self.filename_re.pattern})"
-            )
+            raise ValueError(f"the name does not match {self.filename_re.pattern}")
         groups = match.groupdict()
         pid = int(groups["pid"])
         scene = int(groups["scene"]) if groups.get("scene") is not None else -1
         return pid, int(groups["cam"]) - self.cam_offset, scene
 
     def list_split(self, split_dir: str) -> list[tuple[str, dict[str, str]]]:
-        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout."""
-        anchor_dir = next(iter(self.modality_dirs.values()))
-        names = _image_files(os.path.join(split_dir, anchor_dir), self)
-        for sub in self.modality_dirs.values():
-            self._require_dir(os.path.join(split_dir, sub))
-        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in self.modality_dirs.items()})
-                for n in names]
+        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout.
+
+        A file name present in one modality folder but not in another is a UserError naming it.
+        """
+        names = {m: set(_image_files(os.path.join(split_dir, sub), self)) for m, sub in self.modality_dirs.items()}
+        every = sorted(set().union(*names.values()))
+        for modality, sub in self.modality_dirs.items():
+            missing = [n for n in every if n not in names[modality]]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise UserError(f"{self.name}: sample {missing[0]} has no {modality} image: "
+                                f"{os.path.join(split_dir, sub, missing[0])} is missing{more}")
+        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in self.modality_dirs.items()}) for n in every]
 
     def read(self, sample: Sample) -> dict[str, Image.Image]:
         """The decoded images of ``sample``, one per modality."""
@@ -122,16 +132,24 @@ class MultiModalDataset:
     def statistics(self) -> dict[str, tuple[int, int, int]]:
         """split -> (# ids, # samples, # cameras)."""
         return {split: (len({s.pid for s in records}), len(records), len({s.camid for s in records}))
-                for split, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery))}
+                for split, records in self._splits().items()}
 
     def format_statistics(self) -> str:
+        """The table logged at start: ids, samples and cameras per split (and scenes for the scene rule)."""
+        scenes = self.protocol == "scene"
         lines = [f"Dataset {self.name} ({self.dataset_dir}), modalities {', '.join(self.modalities)}, "
                  f"protocol: {self.protocol}",
-                 "  subset  |  # ids | # samples | # cameras",
-                 "  --------+--------+-----------+----------"]
-        for split, (ids, samples, cams) in self.statistics().items():
-            lines.append(f"  {split:<7} | {ids:6d} | {samples:9d} | {cams:9d}")
+                 "  subset  |  # ids | # samples | # cameras" + (" | # scenes" if scenes else ""),
+                 "  --------+--------+-----------+----------" + ("+---------" if scenes else "")]
+        for (split, (ids, samples, cams)), records in zip(self.statistics().items(), self._splits().values()):
+            line = f"  {split:<7} | {ids:6d} | {samples:9d} | {cams:9d}"
+            if scenes:
+                line += f" | {len({s.sceneid for s in records}):8d}"
+            lines.append(line)
         return "\n".join(lines)
+
+    def _splits(self) -> dict[str, Sequence[Sample]]:
+        return {"train": self.train, "query": self.query, "gallery": self.gallery}
 
     # --- discovery ------------------------------------------------------------------------------------
     def _find_dataset_dir(self, root: str) -> str:
@@ -141,28 +159,28 @@ class MultiModalDataset:
                 return path
         tried = " or ".join(os.path.join(root, d) for d in self.dirnames)
         raise UserError(f"{self.name}: dataset folder not found: {tried} (set DATASETS.ROOT_DIR). "
-                        f"Expected tree:\n{self.tree}")
+                        f"Expected tree:\n{self._expected_tree()}")
+
+    def _expected_tree(self) -> str:
+        return self.tree.replace("<ROOT_DIR>", self.root.rstrip(os.sep) or os.sep)
 
     def _require_dir(self, path: str) -> None:
         if not os.path.isdir(path):
-            raise UserError(f"{self.name}: folder not found: {path}. Expected tree:\n{self.tree}")
+            raise UserError(f"{self.name}: folder not found: {path}. Expected tree:\n{self._expected_tree()}")
 
     def _load_split(self, split: str) -> list[Sample]:
         split_dir = os.path.join(self.dataset_dir, self.splits[split])
         self._require_dir(split_dir)
         samples = []
         for filename, paths in self.list_split(split_dir):
-            parsed = self.parse_name(filename)
-            if parsed is None:
-                continue
-            for modality, path in paths.items():
-                if not os.path.isfile(path):
-                    raise UserError(f"{self.name}: sample {filename} in {split_dir} has no {modality} image "
-                                    f"(expected {path})")
-            pid, camid, sceneid = parsed
-            samples.append(Sample(pid, camid, sceneid, dict(paths)))
+            try:
+                parsed = self.parse_name(filename)
+            except ValueError as exc:
+                raise UserError(f"{self.name}: unexpected file {paths[self.modalities[0]]}: {exc}") from None
+            if parsed is not None:
+                samples.append(Sample(*parsed, paths))
         if not samples:
-            raise UserError(f"{self.name}: no images found in {split_dir}. Expected tree:\n{self.tree}")
+            raise UserError(f"{self.name}: no images found in {split_dir}. Expected tree:\n{self._expected_tree()}")
         return samples
 
     @staticmethod
@@ -173,6 +191,10 @@ class MultiModalDataset:
 
 
 def _image_files(folder: str, dataset: MultiModalDataset) -> list[str]:
-    """Sorted image file names of ``folder`` (a missing folder is a UserError showing the tree)."""
+    """Sorted image file names of ``folder`` (a missing folder is a UserError showing the tree).
+
+    Hidden files are skipped: archives unpacked from macOS carry ``._<name>.jpg`` companions.
+    """
     dataset._require_dir(folder)
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(n for n in os.listdir(folder)
+                  if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))

@@ -11,6 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
+from utils.errors import UserError
+
 from .bases import MultiModalDataset, Sample
 from .samplers import IdentitySampler
 from .transforms import MultiModalTransform, build_image_transform
@@ -27,7 +29,7 @@ def _seeded(seed: int):
     """
     py_state, torch_state = random.getstate(), torch.get_rng_state()
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: the transforms draw no CUDA numbers
     try:
         yield
     finally:
@@ -86,11 +88,18 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
     transform = build_image_transform(True, size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
                                       flip_prob=cfg.INPUT.PROB, padding=cfg.INPUT.PADDING,
                                       erase_prob=cfg.INPUT.RE_PROB)
+    batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
+    identities = batch_size // instances
+    if identities % world_size:
+        raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch "
+                        f"cannot be split evenly over {world_size} processes")
+    if identities > dataset.num_train_pids:
+        raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch, "
+                        f"but {dataset.name} has only {dataset.num_train_pids} training identities")
     data = ImageDataset(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
                         cache=cfg.DATALOADER.CACHE)
-    sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
-                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED, num_replicas=world_size,
-                              rank=rank)
+    sampler = IdentitySampler([s.pid for s in dataset.train], batch_size, instances, seed=cfg.SOLVER.SEED,
+                              num_replicas=world_size, rank=rank)
     return DataLoader(data, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
                       **_loader_kwargs(cfg, pin_memory))
 

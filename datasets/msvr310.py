@@ -28,6 +28,6 @@ class MSVR310(MultiModalDataset):
         entries = []
         for vehicle in sorted(os.listdir(split_dir)):
             vehicle_dir = os.path.join(split_dir, vehicle)
-            if os.path.isdir(vehicle_dir):
+            if os.path.isdir(vehicle_dir) and not vehicle.startswith("."):
                 entries.extend(super().list_split(vehicle_dir))
         return entries

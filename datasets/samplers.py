@@ -74,16 +74,22 @@ class IdentitySampler(Sampler):
     def local_batch_size(self) -> int:
         return self.batch_size // self.num_replicas
 
-    def _local_indices(self) -> list[int]:
+    def _local_items(self) -> list[tuple[int, int]]:
+        """This rank's ``(index, augmentation seed)`` pairs: its slice of every global batch.
+
+        Seeds are drawn per position of the global epoch order and sliced like the indices, so the sample
+        at a given position gets the same augmentation whatever the number of processes.
+        """
         batches = identity_batches(self.pids, self.batch_size, self.num_instances, self.seed, self.epoch)
-        share = self.local_batch_size
-        return [i for batch in batches for i in batch[self.rank * share:(self.rank + 1) * share]]
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1,
+                                                                           (len(batches), self.batch_size))
+        lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
+        return [(index, int(seed)) for batch, batch_seeds in zip(batches, seeds)
+                for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self._local_indices()
-        # one augmentation seed per drawn item, independent of workers, rank and resumption
-        aug = np.random.default_rng([self.seed, self.epoch, self.rank, 1]).integers(0, 2**31 - 1, len(indices))
-        return iter(zip(indices, aug.tolist()))
+        return iter(self._local_items())
 
     def __len__(self) -> int:
-        return len(self._local_indices())
+        batches = identity_batches(self.pids, self.batch_size, self.num_instances, self.seed, self.epoch)
+        return len(batches) * self.local_batch_size

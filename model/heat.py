@@ -239,7 +239,7 @@ class HeatCycle(nn.Module):
 
     def __init__(self, order: Sequence[str], dim: int, grid: tuple[int, int], num_cycles: int = 3,
                  share_operator: bool = True, diffusion: str = "dct", alpha: float = 0.3, beta: float = 0.2,
-                 tau: float = 1.0, learn_tau: bool = True, init_conductivity: float = 0.1):
+                 tau: float = 1.0, learn_tau: bool = True, init_conductivity: float = 0.05):
         super().__init__()
         self.order = list(order)
         self.edges = [(self.order[i], self.order[(i + 1) % len(self.order)]) for i in range(len(self.order))]

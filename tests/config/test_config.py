@@ -1,0 +1,84 @@
+import glob
+import os
+import re
+
+import pytest
+
+from config import get_default_config, load_config
+from utils.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*", "MHCF.yml"))))
+def test_every_config_file_merges(path):
+    cfg = load_config(path)
+    dataset = os.path.basename(os.path.dirname(path))
+    assert dataset == cfg.DATASETS.NAMES
+    assert cfg.OUTPUT_DIR.endswith(dataset)
+
+
+def test_benchmark_recipes():
+    persons = {"RGBNT201": (0.4, 0.8), "Market-MM": (0.5, 0.5)}
+    vehicles = {"RGBNT100": (0.5, 0.8), "MSVR310": (0.0, 0.5)}
+    for name, (re_prob, margin) in {**persons, **vehicles}.items():
+        cfg = load_config(os.path.join(REPO, "configs", name, "MHCF.yml"))
+        assert re_prob == cfg.INPUT.RE_PROB and margin == cfg.SOLVER.MARGIN
+        assert ([256, 128] if name in persons else [128, 256]) == cfg.INPUT.SIZE_TRAIN
+        assert cfg.MODEL.DIRECT is (name in persons)
+        assert cfg.SOLVER.BASE_LR == 3.5e-5 and cfg.SOLVER.MAX_EPOCHS == 40 and cfg.SOLVER.IMS_PER_BATCH == 64
+        assert cfg.MODEL.PRETRAIN_PATH == "openai" and cfg.MODEL.NAME == "ViT-B-16"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["SOLVER.BASE_LR", "1", "TEST.FEAT_NORM", "False", "INPUT.SIZE_TRAIN", "[128,64]",
+                             "MODEL.HEAT.DIFFUSION", "stencil", "OUTPUT_DIR", "out/x"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert cfg.TEST.FEAT_NORM is False
+    assert cfg.INPUT.SIZE_TRAIN == [128, 64]
+    assert cfg.MODEL.HEAT.DIFFUSION == "stencil" and cfg.OUTPUT_DIR == "out/x"
+
+
+@pytest.mark.parametrize("opts, culprit", [
+    (["SOLVER.BASE_LRR", "1"], "SOLVER.BASE_LRR"),
+    (["NOPE.KEY", "1"], "NOPE"),
+    (["SOLVER.MAX_EPOCHS", "ten"], "SOLVER.MAX_EPOCHS"),
+    (["SOLVER.RESUME", "1"], "SOLVER.RESUME"),
+    (["MODEL.HEAT.DIFFUSION", "fft"], "MODEL.HEAT.DIFFUSION"),
+    (["TEST.MISS", "rnt"], "TEST.MISS"),
+    (["TEST.MISS", "x"], "TEST.MISS"),
+    (["MODEL.HEAT.ORDER", "['RGB', 'NI']"], "MODEL.HEAT.ORDER"),
+    (["SOLVER.IMS_PER_BATCH", "30"], "SOLVER.IMS_PER_BATCH"),
+    (["SOLVER.MAX_EPOCHS"], "KEY VALUE"),
+])
+def test_bad_overrides_name_the_key(opts, culprit):
+    with pytest.raises(UserError, match=re.escape(culprit)):
+        load_config(None, opts)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("SOLVER:\n  BASE_LR: 0.1\n  WARMUP_ITERS: 5\n")
+    with pytest.raises(UserError, match=r"bad\.yml: unknown config key SOLVER\.WARMUP_ITERS"):
+        load_config(str(path))
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yml"))
+
+
+def _keys(node, prefix=""):
+    for name, value in node.items():
+        if hasattr(value, "items"):
+            yield from _keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_every_key_is_documented_with_a_comment():
+    with open(os.path.join(REPO, "config", "defaults.py")) as f:
+        source = f.read().splitlines()
+    for key in _keys(get_default_config()):
+        line = next(i for i, text in enumerate(source) if text.startswith(f"_C.{key} ="))
+        above = line - 1
+        while source[above].startswith("_C.") and "CN()" not in source[above]:
+            above -= 1  # keys declared in a block share the comment above the block
+        assert source[above].startswith("#"), f"{key} has no comment"

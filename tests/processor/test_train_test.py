@@ -1,0 +1,70 @@
+import json
+import os
+
+import pytest
+import torch
+
+import processor
+from datasets import make_dataset, make_test_loader, make_train_loader
+from loss import make_loss
+from model import make_model
+from processor.inference import extract_features
+from solver import make_optimizer
+from tests.conftest import tiny_config
+
+
+def test_a_short_training_run_lowers_the_loss(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, str(tmp_path), "SOLVER.BASE_LR", "0.001", "INPUT.RE_PROB", "0.0")
+    torch.manual_seed(0)
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = make_model(cfg, dataset.num_train_pids).train()
+    loss_fn, optimizer = make_loss(cfg, dataset.num_train_pids), make_optimizer(cfg, model)
+    batch = next(iter(make_train_loader(cfg, dataset)))
+    history = []
+    for _ in range(8):
+        losses = loss_fn(model(batch), batch["pid"])
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(total.item())
+    assert history[-1] < 0.8 * history[0]
+
+
+def test_train_then_test_reproduces_the_result(tiny_root, tmp_path):
+    out = str(tmp_path / "run")
+    record = processor.train(tiny_config(tiny_root, out))
+    for name in ("model_final.pth", "last.pth", "train.log", "config.yaml", "test_results.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "test_results.json")) as f:
+        saved = json.load(f)
+    assert saved["mAP"] == pytest.approx(record["mAP"]) and saved["epoch"] == 2
+    assert {"mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"} <= set(saved)
+    assert all(0 <= saved[k] <= 100 for k in ("mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"))
+
+    weight = os.path.join(out, "model_final.pth")
+    again = processor.test(tiny_config(tiny_root, str(tmp_path / "eval"), "TEST.WEIGHT", weight))
+    for key in ("mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"):
+        assert again[key] == pytest.approx(saved[key], abs=1e-6), key
+
+    sweep = processor.test(tiny_config(tiny_root, str(tmp_path / "sweep"), "TEST.WEIGHT", weight, "TEST.MISS", "all"))
+    assert set(sweep["settings"]) == {"none", "r", "n", "t", "rn", "rt", "nt"}
+    assert sweep["settings"]["none"]["mAP"] == pytest.approx(saved["mAP"], abs=1e-6)
+    missing = [v["mAP"] for k, v in sweep["settings"].items() if k != "none"]
+    assert sweep["average_missing"]["mAP"] == pytest.approx(sum(missing) / 6)
+    single = processor.test(tiny_config(tiny_root, str(tmp_path / "r"), "TEST.WEIGHT", weight, "TEST.MISS", "rn"))
+    assert single["mAP"] == pytest.approx(sweep["settings"]["rn"]["mAP"], abs=1e-4)
+
+
+def test_missing_modality_features_equal_zeroed_images(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, str(tmp_path))
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = make_model(cfg, dataset.num_train_pids).eval()
+    loader = make_test_loader(cfg, dataset, dataset.query[:20])
+    feats = extract_features(model, loader, torch.device("cpu"), ["none", "t", "rn"], progress=False)
+    batch = next(iter(make_test_loader(cfg, dataset, dataset.query[:20])))
+    with torch.no_grad():
+        torch.testing.assert_close(feats["none"], model(batch), atol=1e-5, rtol=1e-5)
+        for setting, missing in (("t", ["TI"]), ("rn", ["RGB", "NI"])):
+            zeroed = {**batch, **{m: torch.zeros_like(batch[m]) for m in missing}}
+            torch.testing.assert_close(feats[setting], model(zeroed), atol=1e-5, rtol=1e-5)
