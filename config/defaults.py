@@ -167,7 +167,7 @@ _C.SOLVER.RESUME = False
 _C.TEST = CN()
 # Samples per inference batch.
 _C.TEST.IMS_PER_BATCH = 128
-# Checkpoint to evaluate (ours or the authors' released format); "" evaluates the freshly built model.
+# Checkpoint that test.py evaluates (ours or the authors' released format); test.py requires it.
 _C.TEST.WEIGHT = ""
 # L2-normalise test features (distances then rank as cosine similarity).
 _C.TEST.FEAT_NORM = True

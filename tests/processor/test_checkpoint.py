@@ -9,6 +9,7 @@ import torch
 
 from processor import checkpoint
 from processor.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
+from utils.errors import UserError
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -59,3 +60,20 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(9)
     set_rng_state(read_checkpoint(str(tmp_path / "rng.pth"))["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+class NotAWeight:
+    pass
+
+
+def test_unreadable_checkpoints_are_named_without_unsafe_advice(tmp_path):
+    pickled = str(tmp_path / "object.pth")
+    torch.save({"model": NotAWeight()}, pickled)            # arbitrary objects: refused by weights_only
+    with pytest.raises(UserError) as info:
+        read_checkpoint(pickled)
+    assert pickled in str(info.value) and "NotAWeight" in str(info.value)
+    assert "weights_only` set to `False`" not in str(info.value)
+    tensor = str(tmp_path / "tensor.pth")
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(UserError, match="holds a Tensor, not a dict"):
+        read_checkpoint(tensor)
