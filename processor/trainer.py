@@ -22,7 +22,15 @@ from utils.errors import UserError
 from utils.logger import setup_logging
 
 from .checkpoint import FORMAT, atomic_save, load_weights, model_checkpoint, read_checkpoint, rng_state, set_rng_state
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    differing_replicas,
+    init_distributed,
+    main_process_first,
+)
 from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
 
 logger = logging.getLogger(__name__)
@@ -86,6 +94,9 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------------------------
     def _wrap(self, model: MHCF) -> torch.nn.Module:
         if self.info.distributed:
+            if self.cfg.MODEL.SYNC_BN and self.device.type != "cuda":
+                raise UserError("MODEL.SYNC_BN needs GPUs (torch's SyncBatchNorm does not run on CPU); "
+                                "set MODEL.SYNC_BN False")
             if self.cfg.MODEL.SYNC_BN:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
@@ -146,6 +157,12 @@ class Trainer:
                             "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
                             best[0], 100 * best[1])
             barrier(self.info)
+        if self.info.distributed:
+            differing = differing_replicas(self.model, self.info)
+            if differing:
+                raise RuntimeError(f"the {self.info.world_size} processes ended with different weights: "
+                                   f"{', '.join(differing[:5])}")
+            logger.info("parameters identical on all %d processes", self.info.world_size)
         record = None
         if self.info.is_main:
             final = os.path.join(self.out, "model_final.pth")
