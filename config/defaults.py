@@ -45,7 +45,7 @@ _C.MODEL.DROP_PATH = 0.0
 _C.MODEL.GRAD_CKPT = False
 # Convert BatchNorm layers to SyncBatchNorm under distributed training.
 _C.MODEL.SYNC_BN = False
-# Wrap the model with torch.compile (PyTorch 2 graph compiler) for training and inference.
+# Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 
 # Heat conduction between modalities (DESIGN §4).
