@@ -10,6 +10,7 @@ Per query with positives at 1-based ranks r_1 < ... < r_P:
 AP = mean_j j / r_j; INP = P / r_P; CMC(k) = 1 if r_1 <= k. mAP, mINP and CMC average over valid queries.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,38 +82,45 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, 
 _KEY_MAX = torch.iinfo(torch.int64).max
 
 
-def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordering the float32 ``values`` (Q, G) like the pairs (value, column index).
+def _order_keys(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """int64 keys (written into ``out``) ordering the float32 ``values`` (Q, G) like the pairs (value,
+    column index).
 
     A float's bit pattern read as an integer orders like the float for non-negative values and backwards
     for negative ones (which are mirrored; -0.0 maps onto +0.0). The column index fills the low 32 bits,
     so keys are distinct and their order is a stable sort's.
     """
-    bits = values.contiguous().view(torch.int32).to(torch.int64)
-    if bool((bits < 0).any()):
-        bits = torch.where(bits < 0, -(bits + 2**31), bits)
+    out.copy_(values.contiguous().view(torch.int32))
+    if float(values.min()) <= 0:   # only duplicates or rounding give such distances: the rare path
+        out.copy_(torch.where(out < 0, -(out + 2**31), out))
     index = torch.arange(values.shape[1], device=values.device, dtype=torch.int64)
-    return bits.mul_(2**32).add_(index)
+    return torch.add(index, out, alpha=2**32, out=out)
 
 
 def _sort_rows_(x: torch.Tensor) -> torch.Tensor:
-    """``x`` sorted along its rows (in place on CPU, where NumPy's vectorised sort is far faster)."""
-    if x.device.type == "cpu":
-        x.numpy().sort(axis=1)
-        return x
-    return torch.sort(x, dim=1).values
+    """``x`` sorted along its rows. On CPU in place, by NumPy (whose vectorised sort is far faster than
+    torch's), in as many threads as torch uses (NumPy releases the GIL while sorting)."""
+    if x.device.type != "cpu":
+        return torch.sort(x, dim=1).values
+    array = x.numpy()
+    blocks = [array[i:i + 16] for i in range(0, len(array), 16)]
+    with ThreadPoolExecutor(max_workers=max(torch.get_num_threads(), 1)) as pool:
+        list(pool.map(lambda block: block.sort(axis=1), blocks))
+    return x
 
 
-def _positive_ranks(dist: torch.Tensor, same: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def _positive_ranks(dist: torch.Tensor, same: torch.Tensor, positive: torch.Tensor,
+                    keys: torch.Tensor) -> torch.Tensor:
     """1-based ranks (Q, W) of every query's positives in its filtered ranking, in ranking order.
 
     ``same`` (Q, W) holds the gallery indices of the query's identity (padded by repeating one of them),
-    ``positive`` (Q, W) marks those that count (not junk, not padding). The filtered ranking holds the
-    positives and the negatives (other identities) ordered by (distance, gallery index). The j-th positive
-    (0-based) has rank ``j + 1 + n_j``, n_j the negatives before it, found by binary search of its key in
-    the row's sorted negative keys. Positions j >= the query's number of positives hold meaningless values.
+    ``positive`` (Q, W) marks those that count (not junk, not padding); ``keys`` is a (Q, G) int64 work
+    buffer. The filtered ranking holds the positives and the negatives (other identities) ordered by
+    (distance, gallery index). The j-th positive (0-based) has rank ``j + 1 + n_j``, n_j the negatives
+    before it, found by binary search of its key in the row's sorted negative keys. Positions j >= the
+    query's number of positives hold meaningless values.
     """
-    keys = _order_keys(dist)                                                                    # (Q, G)
+    keys = _order_keys(dist, keys)                                                              # (Q, G)
     pos_keys = keys.gather(1, same).masked_fill_(~positive, _KEY_MAX).sort(dim=1).values        # (Q, W)
     negatives = _sort_rows_(keys.scatter_(1, same, _KEY_MAX))    # identity's items last, as if absent
     before = torch.searchsorted(negatives, pos_keys)                                            # (Q, W)
@@ -133,7 +141,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     the features' device; on CUDA the chunks run on the GPU).
     """
     device = torch.device(device) if device is not None else qf.device
-    if not (torch.isfinite(qf).all() and torch.isfinite(gf).all()):
+    if not all(torch.isfinite(v) for x in (qf, gf) if x.numel() for v in torch.aminmax(x)):
         raise ValueError("features hold NaN or infinite values")
     gf = gf.to(device=device, dtype=torch.float32)
     g_sq = gf.pow(2).sum(1)
@@ -152,6 +160,9 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     ap_sum = inp_sum = 0.0
     cmc_counts = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
+    # work buffers reused by every chunk (fresh large allocations would cost a page fault per page)
+    dist_buffer = torch.empty(min(chunk_size, qf.shape[0]), gf.shape[0], device=device)
+    keys_buffer = torch.empty(dist_buffer.shape, dtype=torch.int64, device=device)
     for start in range(0, qf.shape[0], chunk_size):
         rows = torch.arange(start, min(start + chunk_size, qf.shape[0]), device=device)
         rows = rows[count[rows] > 0]                      # queries whose identity is in the gallery
@@ -167,9 +178,10 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
         if len(rows) == 0:
             continue
         q = qf[rows.to(qf.device)].to(device=device, dtype=torch.float32)
-        dist = torch.addmm(q.pow(2).sum(1, keepdim=True) + g_sq[None, :], q, gf.t(), alpha=-2)  # (Q, G)
-        ranks = _positive_ranks(dist, same, positive)                                           # (Q, W)
-        del dist
+        dist = dist_buffer[:len(rows)]
+        torch.add(q.pow(2).sum(1, keepdim=True), g_sq[None, :], out=dist)
+        dist.addmm_(q, gf.t(), alpha=-2)                                                        # (Q, G)
+        ranks = _positive_ranks(dist, same, positive, keys_buffer[:len(rows)])                  # (Q, W)
         num_pos = positive.sum(1)
         j = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)[None, :]
         ap = torch.where(j <= num_pos[:, None], j / ranks, 0.0).sum(1) / num_pos

@@ -132,7 +132,8 @@ def test_negative_distances_keep_their_order():
     assert ranked.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
     # evaluate_features orders floats through integer keys: negative values must order as floats do,
     # and -0.0 ties with +0.0 (broken by index)
-    keys = _order_keys(torch.tensor([[-1e-7, -2e-7, 0.3, 0.0, -0.0, -3.5, 2.0]]))
+    values = torch.tensor([[-1e-7, -2e-7, 0.3, 0.0, -0.0, -3.5, 2.0]])
+    keys = _order_keys(values, torch.empty(values.shape, dtype=torch.int64))
     assert keys[0].argsort().tolist() == [5, 1, 0, 3, 4, 2, 6]
 
 
