@@ -33,7 +33,7 @@ def make_features(folder: str, queries: int, gallery: int, dim: int, ids: int, c
     data = {}
     for split, n in (("q", queries), ("g", gallery)):
         pids = np.concatenate([np.arange(ids), rng.integers(0, ids, n - ids)]) if n >= ids else rng.integers(0, ids, n)
-        feats = centres[pids] + 2.8 * rng.standard_normal((n, dim)).astype(np.float32)
+        feats = centres[pids] + 2.2 * rng.standard_normal((n, dim)).astype(np.float32)
         feats /= np.linalg.norm(feats, axis=1, keepdims=True)
         data[f"{split}f"] = feats.astype(np.float32)
         data[f"{split}_pids"] = pids.astype(np.int64)
