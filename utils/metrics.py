@@ -82,34 +82,37 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, 
 _KEY_MAX = torch.iinfo(torch.int64).max
 
 
-def _order_keys(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """int64 keys (written into ``out``) ordering the float32 ``values`` (Q, G) like the pairs (value,
-    column index).
+def _order_keys(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordering the float32 ``values`` like the pairs (value, index); ``index`` (< 2**32)
+    broadcasts against ``values``.
 
     A float's bit pattern read as an integer orders like the float for non-negative values and backwards
-    for negative ones (which are mirrored; -0.0 maps onto +0.0). The column index fills the low 32 bits,
-    so keys are distinct and their order is a stable sort's.
+    for negative ones (which are mirrored; -0.0 maps onto +0.0). The index fills the low 32 bits, so keys
+    of distinct indices are distinct and their order is a stable sort's.
     """
-    out.copy_(values.contiguous().view(torch.int32))
-    if float(values.min()) <= 0:   # only duplicates or rounding give such distances: the rare path
-        out.copy_(torch.where(out < 0, -(out + 2**31), out))
-    index = torch.arange(values.shape[1], device=values.device, dtype=torch.int64)
-    return torch.add(index, out, alpha=2**32, out=out)
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    if bool((bits < 0).any()):   # negative distances: only from rounding, at (near-)duplicates
+        bits = torch.where(bits < 0, -(bits + 2**31), bits)
+    return bits.mul_(2**32).add_(index)
+
+
+def _order_keys_np(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """:func:`_order_keys` in NumPy, for the CPU path that works row by row (where torch's per-call
+    overhead would show)."""
+    bits = values.view(np.int32).astype(np.int64)
+    if bits.size and bits.min() < 0:
+        bits = np.where(bits < 0, -(bits + 2**31), bits)
+    bits *= 2**32
+    bits += index
+    return bits
 
 
 def _sort_rows_(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (Q, N) sorted along its rows. On CPU in place, by NumPy, whose vectorised sort is one to two
-    orders of magnitude faster than torch's CPU sort, in as many threads as torch uses (NumPy releases
-    the GIL while sorting)."""
+    """``x`` (Q, N) sorted along its rows; on CPU in place by NumPy, whose vectorised sort is one to two
+    orders of magnitude faster than torch's CPU sort."""
     if x.device.type != "cpu":
         return torch.sort(x, dim=1).values
-    array = x.numpy()
-    if array.size < 1 << 20:
-        array.sort(axis=1)
-        return x
-    blocks = [array[i:i + 16] for i in range(0, len(array), 16)]
-    with ThreadPoolExecutor(max_workers=max(torch.get_num_threads(), 1)) as pool:
-        list(pool.map(lambda block: block.sort(axis=1), blocks))
+    x.numpy().sort(axis=1)
     return x
 
 
@@ -120,21 +123,52 @@ def _stable_argsort(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.argsort(x.numpy(), kind="stable"))
 
 
-def _positive_ranks(dist: torch.Tensor, same: torch.Tensor, positive: torch.Tensor,
-                    keys: torch.Tensor) -> torch.Tensor:
+def _negatives_before_sorted(dist: torch.Tensor, pos_keys: torch.Tensor) -> torch.Tensor:
+    """Per positive key (Q, W): how many keys of its row of ``dist`` (Q, G; +inf where an item is not a
+    negative) are smaller. Every row is keyed and sorted whole: the path for GPUs, where sorting is cheap."""
+    index = torch.arange(dist.shape[1], device=dist.device)
+    return torch.searchsorted(torch.sort(_order_keys(dist, index), dim=1).values, pos_keys)
+
+
+def _negatives_before_rows(dist: torch.Tensor, pos_keys: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """As :func:`_negatives_before_sorted`, on CPU: per row, only the negatives not farther than the
+    row's farthest positive (``limit``, (Q,)) can precede a positive, so only they are keyed and sorted,
+    by NumPy, rows spread over torch's number of threads (NumPy releases the GIL on large arrays)."""
+    d, keys, bound = dist.numpy(), pos_keys.numpy(), limit.numpy()
+    out = np.empty(keys.shape, dtype=np.int64)
+
+    def count(rows: range) -> None:
+        for r in rows:
+            near = np.flatnonzero(d[r] <= bound[r])
+            candidates = _order_keys_np(d[r, near], near)
+            candidates.sort()
+            out[r] = np.searchsorted(candidates, keys[r])
+
+    workers = max(torch.get_num_threads(), 1)
+    step = -(-len(d) // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(count, [range(i, min(i + step, len(d))) for i in range(0, len(d), step)]))
+    return torch.from_numpy(out)
+
+
+def _positive_ranks(dist: torch.Tensor, same: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """1-based ranks (Q, W) of every query's positives in its filtered ranking, in ranking order.
 
-    ``same`` (Q, W) holds the gallery indices of the query's identity (padded by repeating one of them),
-    ``positive`` (Q, W) marks those that count (not junk, not padding); ``keys`` is a (Q, G) int64 work
-    buffer. The filtered ranking holds the positives and the negatives (other identities) ordered by
-    (distance, gallery index). The j-th positive (0-based) has rank ``j + 1 + n_j``, n_j the negatives
-    before it, found by binary search of its key in the row's sorted negative keys. Positions j >= the
-    query's number of positives hold meaningless values.
+    ``dist`` (Q, G) is a work buffer (overwritten); ``same`` (Q, W) holds the gallery indices of the
+    query's identity (padded by repeating one of them), ``positive`` (Q, W) marks those that count (not
+    junk, not padding). The filtered ranking holds the positives and the negatives (other identities)
+    ordered by (distance, gallery index), i.e. by integer keys (:func:`_order_keys`). The j-th positive
+    (0-based) has rank ``j + 1 + n_j``, n_j the negatives with a smaller key. Positions j >= the query's
+    number of positives hold meaningless values.
     """
-    keys = _order_keys(dist, keys)                                                              # (Q, G)
-    pos_keys = _sort_rows_(keys.gather(1, same).masked_fill_(~positive, _KEY_MAX))              # (Q, W)
-    negatives = _sort_rows_(keys.scatter_(1, same, _KEY_MAX))    # identity's items last, as if absent
-    before = torch.searchsorted(negatives, pos_keys)                                            # (Q, W)
+    pos_dist = dist.gather(1, same)                                                             # (Q, W)
+    pos_keys = _sort_rows_(_order_keys(pos_dist, same).masked_fill_(~positive, _KEY_MAX))       # (Q, W)
+    dist.scatter_(1, same, float("inf"))                        # the query's identity: not negatives
+    if dist.device.type == "cpu":
+        limit = pos_dist.masked_fill(~positive, -float("inf")).amax(1)                          # (Q,)
+        before = _negatives_before_rows(dist, pos_keys, limit)
+    else:
+        before = _negatives_before_sorted(dist, pos_keys)
     j = torch.arange(1, same.shape[1] + 1, device=dist.device, dtype=torch.float64)[None, :]
     return before.double() + j
 
@@ -146,8 +180,9 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     L2-normalised features that is ``2 - 2 cos``), in memory bounded by ``chunk_size`` x gallery size.
 
     Per chunk of queries: distances by one matrix product; then the ranks of the positives
-    (:func:`_positive_ranks`): the negatives' (distance, index) keys are sorted as plain integers, no
-    argsort, and each positive is located among them by binary search. The gallery items of a query's identity come from
+    (:func:`_positive_ranks`): (distance, index) pairs become plain integer keys, the negatives' keys
+    are sorted (on CPU only those not farther than the query's farthest positive), no argsort, and each
+    positive is located among them by binary search. The gallery items of a query's identity come from
     an index of the gallery by identity, so no query x gallery mask is built. Runs on ``device`` (default:
     the features' device; on CUDA the chunks run on the GPU).
     """
@@ -172,9 +207,8 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     ap_sum = inp_sum = 0.0
     cmc_counts = torch.zeros(max_rank, dtype=torch.float64, device=device)
     num_valid = 0
-    # work buffers reused by every chunk (fresh large allocations would cost a page fault per page)
+    # one distance buffer for every chunk (a fresh large allocation costs a page fault per page)
     dist_buffer = torch.empty(min(chunk_size, qf.shape[0]), gf.shape[0], device=device)
-    keys_buffer = torch.empty(dist_buffer.shape, dtype=torch.int64, device=device)
     for start in range(0, qf.shape[0], chunk_size):
         rows = torch.arange(start, min(start + chunk_size, qf.shape[0]), device=device)
         rows = rows[count[rows] > 0]                      # queries whose identity is in the gallery
@@ -193,7 +227,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
         dist = dist_buffer[:len(rows)]
         torch.add(q.pow(2).sum(1, keepdim=True), g_sq[None, :], out=dist)
         dist.addmm_(q, gf.t(), alpha=-2)                                                        # (Q, G)
-        ranks = _positive_ranks(dist, same, positive, keys_buffer[:len(rows)])                  # (Q, W)
+        ranks = _positive_ranks(dist, same, positive)                                           # (Q, W)
         num_pos = positive.sum(1)
         j = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)[None, :]
         ap = torch.where(j <= num_pos[:, None], j / ranks, 0.0).sum(1) / num_pos

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import _order_keys, evaluate_features, evaluate_rank
+from utils.metrics import (
+    _negatives_before_rows,
+    _negatives_before_sorted,
+    _order_keys,
+    _order_keys_np,
+    evaluate_features,
+    evaluate_rank,
+)
 
 
 def oracle(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, g_sceneids=None, max_rank=50):
@@ -133,8 +140,31 @@ def test_negative_distances_keep_their_order():
     # evaluate_features orders floats through integer keys: negative values must order as floats do,
     # and -0.0 ties with +0.0 (broken by index)
     values = torch.tensor([[-1e-7, -2e-7, 0.3, 0.0, -0.0, -3.5, 2.0]])
-    keys = _order_keys(values, torch.empty(values.shape, dtype=torch.int64))
+    index = torch.arange(7)
+    keys = _order_keys(values, index)
     assert keys[0].argsort().tolist() == [5, 1, 0, 3, 4, 2, 6]
+    np.testing.assert_array_equal(_order_keys_np(values.numpy()[0], index.numpy()), keys[0].numpy())
+
+
+def test_cpu_row_path_equals_the_whole_sort_path():
+    """The GPU path (sort every row's keys) and the CPU path (key and sort only the negatives up to the
+    farthest positive) count the same negatives, ties and negative values included."""
+    rng = np.random.default_rng(5)
+    dist = torch.from_numpy(rng.integers(-2, 6, (9, 50)).astype(np.float32) / 4)     # many exact ties
+    dist[dist == 0] = -0.0
+    same = torch.from_numpy(np.stack([rng.choice(50, 6, replace=False) for _ in range(9)]))
+    pos_dist = dist.gather(1, same)
+    pos_keys = _order_keys(pos_dist, same).sort(dim=1).values
+    work = dist.clone().scatter_(1, same, float("inf"))
+    expected = _negatives_before_sorted(work, pos_keys)
+    got = _negatives_before_rows(work, pos_keys, pos_dist.amax(1))
+    assert torch.equal(got, expected)
+    # and by definition: negatives with (distance, index) before the positive's
+    for r in range(9):
+        negatives = [(float(d), g) for g, d in enumerate(dist[r]) if g not in same[r].tolist()]
+        for j, key in enumerate(pos_keys[r].tolist()):
+            g = key % 2**32
+            assert got[r, j] == sum((d, i) < (float(dist[r, g]), g) for d, i in negatives)
 
 
 def test_non_finite_features_are_rejected():
