@@ -10,6 +10,8 @@ from model import make_model
 from processor.checkpoint import atomic_save, model_checkpoint
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_re_ranking_runs_through_test_py(tiny_root, tmp_path):
     cfg = tiny_config(tiny_root, str(tmp_path))

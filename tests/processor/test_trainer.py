@@ -27,6 +27,9 @@ FAST = ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "INPUT.PA
         "MODEL.DROP_PATH", "0.2", "SOLVER.MAX_EPOCHS", "3"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture
 def restore_logging():
     """train() configures the root logger for its run; give pytest its handlers back afterwards."""
@@ -50,7 +53,8 @@ def _kill_during_epoch(config_file: str, output_dir: str, epoch: int, timeout: f
     """Run train.py and SIGKILL it as soon as its log shows the first iteration of ``epoch``."""
     log = os.path.join(output_dir, "train.log")
     proc = subprocess.Popen([sys.executable, "train.py", "--config_file", config_file], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.time() + timeout
     try:
         while True:

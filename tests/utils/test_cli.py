@@ -15,6 +15,9 @@ from utils.cli import run_cli
 SYNTHETIC = os.path.join(REPO, "configs", "Synthetic", "MHCF.yml")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def _one_line_error(capsys, main, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, "test", argv)
