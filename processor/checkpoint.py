@@ -48,6 +48,17 @@ def atomic_save(obj: dict, path: str) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of :func:`atomic_save` calls that were killed before their rename."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder)
+             if name.startswith(".") and name.endswith(".tmp") and ".pth." in name]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def read_checkpoint(path: str) -> dict:
     """``torch.load(path, weights_only=True)`` with one-line errors for missing or foreign files."""
     if not path:

@@ -21,7 +21,16 @@ from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.logger import setup_logging
 
-from .checkpoint import FORMAT, atomic_save, load_weights, model_checkpoint, read_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    atomic_save,
+    load_weights,
+    model_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -74,6 +83,9 @@ class Trainer:
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
         logger.info("running with config:\n%s", cfg.dump())
+        if info.is_main:
+            for name in remove_stale_temporaries(self.out):
+                logger.info("removed %s, left by a run killed while saving", name)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         seed_everything(cfg.SOLVER.SEED)
         with main_process_first(info):

@@ -151,6 +151,9 @@ def test_run_artifacts_and_tensorboard(tiny_root, tmp_path, restore_logging):
     out = str(tmp_path / "run")
     cfg = tiny_config(tiny_root, out, *FAST, "SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "1",
                       "SOLVER.CHECKPOINT_PERIOD", "1")
+    os.makedirs(out)
+    with open(os.path.join(out, ".last.pth.k1ll3d.tmp"), "wb") as f:   # left by a run killed mid-save
+        f.write(b"PK partial")
     record = train(cfg)
     files = set(os.listdir(out))
     assert {"last.pth", "model_epoch001.pth", "model_epoch002.pth", "model_final.pth", "train.log",
