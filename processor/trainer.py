@@ -88,10 +88,10 @@ class Trainer:
                 logger.info("removed %s, left by a run killed while saving", name)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         seed_everything(cfg.SOLVER.SEED)
-        with main_process_first(info):
+        with main_process_first(info):  # the first process generates / downloads what the others then read
             self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
-        self.num_classes = self.dataset.num_train_pids
-        self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
+            self.num_classes = self.dataset.num_train_pids
+            self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
         logger.info("%s", parameter_summary(self.model))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
