@@ -239,9 +239,3 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
         best = best[best <= max_rank]
         cmc_counts += torch.bincount(best - 1, minlength=max_rank).double().cumsum(0)
     return _summarise(ap_sum, inp_sum, cmc_counts.cpu().numpy(), num_valid)
-
-
-def pairwise_sq_distances(qf: torch.Tensor, gf: torch.Tensor) -> torch.Tensor:
-    """Full query x gallery squared Euclidean distances (for re-ranking and small evaluations)."""
-    qf, gf = qf.float(), gf.float()
-    return qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1)[None, :] - 2 * qf @ gf.t()
