@@ -181,7 +181,8 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Queries per evaluation chunk (bounds evaluation memory to about EVAL_CHUNK x gallery size x 16 bytes).
+# Queries per evaluation chunk: evaluation memory is about EVAL_CHUNK x gallery size x 4 bytes on CPU
+# (x 20 bytes on GPU), plus the features.
 _C.TEST.EVAL_CHUNK = 256
 
 # -----------------------------------------------------------------------------------------------------
