@@ -45,7 +45,7 @@ _C.MODEL.DROP_PATH = 0.0
 _C.MODEL.GRAD_CKPT = False
 # Convert BatchNorm layers to SyncBatchNorm under distributed training.
 _C.MODEL.SYNC_BN = False
-# Wrap the model with torch.compile (PyTorch 2 graph compiler) for training and inference.
+# Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 
 # Heat conduction between modalities (DESIGN §4).
@@ -167,7 +167,7 @@ _C.SOLVER.RESUME = False
 _C.TEST = CN()
 # Samples per inference batch.
 _C.TEST.IMS_PER_BATCH = 128
-# Checkpoint to evaluate (ours or the authors' released format); "" evaluates the freshly built model.
+# Checkpoint that test.py evaluates (ours or the authors' released format); test.py requires it.
 _C.TEST.WEIGHT = ""
 # L2-normalise test features (distances then rank as cosine similarity).
 _C.TEST.FEAT_NORM = True
@@ -186,7 +186,8 @@ _C.TEST.RE_RANKING_LAMBDA = 0.3
 # shares, conductivities and gates) and log it to TensorBoard under "bias/". Costs one more pass over the
 # test set and the missing-modality sweep.
 _C.TEST.MODAL_BIAS = False
-# Queries per evaluation chunk (bounds evaluation memory to about EVAL_CHUNK x gallery size x 16 bytes).
+# Queries per evaluation chunk: evaluation memory is about EVAL_CHUNK x gallery size x 4 bytes on CPU
+# (x 20 bytes on GPU), plus the features.
 _C.TEST.EVAL_CHUNK = 256
 
 # -----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 
@@ -49,6 +50,17 @@ def atomic_save(obj: dict, path: str) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of :func:`atomic_save` calls that were killed before their rename."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder)
+             if name.startswith(".") and name.endswith(".tmp") and ".pth." in name]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def read_checkpoint(path: str) -> dict:
     """``torch.load(path, weights_only=True)`` with one-line errors for missing or foreign files."""
     if not path:
@@ -58,11 +70,24 @@ def read_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc, path)})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     return ckpt
+
+
+def _load_failure(exc: Exception, path: str) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises turning the
+    safety off, which a checkpoint from elsewhere must not be)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?(.+?)(?: was not an allowed|\n|$)",
+                      text.replace("\n\n", " "))
+    if match and "GLOBAL" in match.group(1):
+        return f"it holds Python objects other than tensors and plain containers: {match.group(1).strip()}"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive as torch.save writes, nor a legacy torch file"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first
 
 
 def model_state(ckpt: dict, path: str) -> dict[str, torch.Tensor]:

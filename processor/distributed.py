@@ -82,6 +82,25 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out / info.world_size
 
 
+@torch.no_grad()
+def differing_replicas(module: torch.nn.Module, info: DistInfo) -> list[str]:
+    """Names of the parameters that differ from rank 0's on some process (empty when every replica is
+    identical, as data-parallel training must keep them). Buffers are left out: DDP copies rank 0's at each
+    forward, so the batch-norm statistics of the last step legitimately differ until the next one (rank
+    0's are the ones saved). Costs one broadcast of the parameters."""
+    if not info.distributed:
+        return []
+    params = dict(module.named_parameters())
+    names = list(params)
+    differs = torch.zeros(len(names), device=info.device)
+    for i, tensor in enumerate(params.values()):
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        differs[i] = float(not torch.equal(reference, tensor))
+    dist.all_reduce(differs)
+    return [name for name, d in zip(names, differs.tolist()) if d]
+
+
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()

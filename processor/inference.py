@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -61,7 +62,7 @@ def extract_features(model: MHCF, loader, device: torch.device, settings: Sequen
     modalities = model.modalities
     out: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     zero_tokens = None
-    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="features", disable=not (progress and sys.stderr.isatty()), leave=False):
         batch = batch_to(batch, modalities, device)
         with autocast_context(device, amp):
             tokens = model.encode(batch)

@@ -22,8 +22,25 @@ from utils.errors import UserError
 from utils.logger import setup_logging
 
 from .analysis import analyse_modal_bias, log_modal_bias
-from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
+from .checkpoint import (
+    FORMAT,
+    atomic_save,
+    load_weights,
+    model_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    differing_replicas,
+    init_distributed,
+    main_process_first,
+)
 from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
 
 logger = logging.getLogger(__name__)
@@ -67,6 +84,9 @@ class Trainer:
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
         logger.info("running with config:\n%s", cfg.dump())
+        if info.is_main:
+            for name in remove_stale_temporaries(self.out):
+                logger.info("removed %s, left by a run killed while saving", name)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         seed_everything(cfg.SOLVER.SEED)
         with main_process_first(info):  # the first process generates / downloads what the others then read
@@ -87,6 +107,9 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------------------------
     def _wrap(self, model: MHCF) -> torch.nn.Module:
         if self.info.distributed:
+            if self.cfg.MODEL.SYNC_BN and self.device.type != "cuda":
+                raise UserError("MODEL.SYNC_BN needs GPUs (torch's SyncBatchNorm does not run on CPU); "
+                                "set MODEL.SYNC_BN False")
             if self.cfg.MODEL.SYNC_BN:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
@@ -107,9 +130,9 @@ class Trainer:
             logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
             return 0
         state = read_checkpoint(self.last_path)
-        if "optimizer" not in state:
+        if state.get("format") != FORMAT or "optimizer" not in state:
             raise UserError(f"{self.last_path} holds no training state to resume from")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -147,6 +170,12 @@ class Trainer:
                             "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
                             best[0], 100 * best[1])
             barrier(self.info)
+        if self.info.distributed:
+            differing = differing_replicas(self.model, self.info)
+            if differing:
+                raise RuntimeError(f"the {self.info.world_size} processes ended with different weights: "
+                                   f"{', '.join(differing[:5])}")
+            logger.info("parameters identical on all %d processes", self.info.world_size)
         record = None
         if self.info.is_main:
             final = os.path.join(self.out, "model_final.pth")
@@ -171,6 +200,28 @@ class Trainer:
             log_modal_bias(self.writer, report, epoch)
         return results
 
+    def train_step(self, batch: dict, where: str, saved: bool = True):
+        """One optimisation step; returns the loss values (averaged over processes) by name, the model's
+        outputs and the batch's labels. A non-finite loss stops the run on every process alike, naming
+        ``where`` it happened; ``saved`` tells whether last.pth holds an earlier epoch."""
+        batch = batch_to(batch, self.model.modalities, self.device)
+        pids = batch["pid"].to(self.device)
+        with autocast_context(self.device, self.cfg.SOLVER.AMP):
+            outputs = self.train_model(batch)
+            losses = self.loss_fn(outputs, pids)
+        total = sum(losses.values())
+        values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
+                                 self.info)
+        if not torch.isfinite(values[0]):
+            last = f"the last good checkpoint is {self.last_path}" if saved else "no checkpoint was written yet"
+            raise UserError(f"non-finite loss ({values[0].item()}) at {where}; {last}; lower SOLVER.BASE_LR or "
+                            f"use SOLVER.AMP bf16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(zip(["loss", *losses], values.tolist())), outputs, pids
+
     def train_epoch(self, epoch: int) -> None:
         cfg, info = self.cfg, self.info
         self.loader.sampler.set_epoch(epoch)
@@ -183,25 +234,8 @@ class Trainer:
         bar = tqdm(self.loader, total=steps, desc=f"epoch {epoch}/{cfg.SOLVER.MAX_EPOCHS}",
                    disable=not (info.is_main and sys.stderr.isatty()), leave=False)
         for it, batch in enumerate(bar, 1):
-            batch = batch_to(batch, self.model.modalities, self.device)
-            pids = batch["pid"].to(self.device)
-            with autocast_context(self.device, cfg.SOLVER.AMP):
-                outputs = self.train_model(batch)
-                losses = self.loss_fn(outputs, pids)
-            total = sum(losses.values())
-            values = all_reduce_mean(torch.stack([total.detach(), *[v.detach() for v in losses.values()]]), info)
-            if not torch.isfinite(values[0]):
-                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}; "
-                                f"the last good checkpoint is {self.last_path} (lower SOLVER.BASE_LR or use "
-                                f"SOLVER.AMP bf16)")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-            values = values.tolist()
-            sums["loss"] += values[0]
-            for name, value in zip(losses, values[1:]):
+            values, outputs, pids = self.train_step(batch, f"epoch {epoch}, iteration {it}/{steps}", epoch > 1)
+            for name, value in values.items():
                 sums[name] += value
             sums["acc"] += (outputs["logits"]["ori"].argmax(1) == pids).float().mean().item()
             stats = outputs["heat_stats"]
