@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics import RankResult, _keep_masks
+from .metrics import RankResult, protocol_masks
 
 
 def pair_name(a: str, b: str) -> str:
@@ -157,7 +157,7 @@ def ranked_lists(distmat: torch.Tensor | np.ndarray, q_pids, g_pids, q_camids, g
     distmat = np.asarray(distmat)
     arrays = [np.asarray(v) if v is not None else None
               for v in (q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids)]
-    valid, _ = _keep_masks(*arrays, np)
+    valid, _ = protocol_masks(*arrays, np)
     out = []
     for i in range(distmat.shape[0]):
         order = np.argsort(distmat[i], kind="stable")

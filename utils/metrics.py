@@ -34,8 +34,9 @@ class RankResult:
         return out
 
 
-def _keep_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, xp):
-    """(valid gallery mask, positive mask) for queries against the gallery, in the array module ``xp``."""
+def protocol_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, xp):
+    """(valid gallery mask, positive mask), (Q, G) each, for queries against the gallery under the protocol
+    of the module docstring; arrays of the array module ``xp`` (numpy or torch)."""
     same_pid = q_pids[:, None] == g_pids[None, :]
     if q_sceneids is not None:
         junk = same_pid & (q_sceneids[:, None] == g_sceneids[None, :])
@@ -43,6 +44,12 @@ def _keep_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, xp):
         junk = same_pid & (q_camids[:, None] == g_camids[None, :])
     valid = ~junk
     return valid, same_pid & valid
+
+
+def pairwise_sq_distances(qf: torch.Tensor, gf: torch.Tensor) -> torch.Tensor:
+    """Full query x gallery squared Euclidean distances (Q, G), for small sets (tools, visualisation)."""
+    qf, gf = qf.float(), gf.float()
+    return qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1)[None, :] - 2 * qf @ gf.t()
 
 
 def _summarise(ap_sum: float, inp_sum: float, cmc_counts: np.ndarray, num_valid: int) -> RankResult:
@@ -64,7 +71,7 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, 
     cmc_counts = np.zeros(max_rank)
     num_valid = 0
     for i in range(distmat.shape[0]):
-        valid, positive = _keep_masks(q_pids[i:i + 1], g_pids, q_camids[i:i + 1], g_camids,
+        valid, positive = protocol_masks(q_pids[i:i + 1], g_pids, q_camids[i:i + 1], g_camids,
                                       None if scenes[0] is None else scenes[0][i:i + 1], scenes[1], np)
         order = np.argsort(distmat[i], kind="stable")
         hits = positive[0][order][valid[0][order]]       # positives in ranked, filtered order
