@@ -146,8 +146,8 @@ _C.SOLVER.COSINE_MIN_FACTOR = 0.002
 # Multistep: epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [20, 50]
 _C.SOLVER.GAMMA = 0.1
-# Mixed precision: "off" (float32), "fp16" (with gradient scaling) or "bf16". The heat kernel always
-# runs in float32.
+# Mixed precision of the training step: "off" (float32), "fp16" (with gradient scaling) or "bf16". The
+# heat kernel always runs in float32; evaluation always runs in float32.
 _C.SOLVER.AMP = "off"
 # Save a numbered snapshot every N epochs (0: only last.pth and model_final.pth).
 _C.SOLVER.CHECKPOINT_PERIOD = 0

@@ -29,7 +29,7 @@ from utils.analysis import (
 )
 from utils.metrics import RankResult
 
-from .inference import autocast_context, batch_to, evaluate, miss_settings, missing_modalities
+from .inference import batch_to, evaluate, miss_settings, missing_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def evaluation_samples(dataset: MultiModalDataset) -> list:
 
 
 @torch.no_grad()
-def feature_statistics(model: MHCF, loader, device: torch.device, amp: str = "off", feat_norm: bool = True,
+def feature_statistics(model: MHCF, loader, device: torch.device, feat_norm: bool = True,
                        progress: bool = True) -> dict:
     """Modality gaps, energy and variance shares and heat statistics of ``model`` over ``loader`` (all
     modalities). The test feature is L2-normalised first when ``feat_norm`` (as retrieval sees it)."""
@@ -55,10 +55,9 @@ def feature_statistics(model: MHCF, loader, device: torch.device, amp: str = "of
     heat = RunningMean()
     for batch in tqdm(loader, desc="modal bias", disable=not progress, leave=False):
         batch = batch_to(batch, modalities, device)
-        with autocast_context(device, amp):
-            tokens = model.encode(batch)
-            features, out = model.fuse(tokens)
-            test = model.test_feature(features)
+        tokens = model.encode(batch)
+        features, out = model.fuse(tokens)
+        test = model.test_feature(features)
         size = test.shape[0]
         for m in modalities:
             cls_stages["backbone"][m].append(tokens[m][:, 0].float().cpu())                      # (B, C)
@@ -124,7 +123,7 @@ def analyse_modal_bias(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, de
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     report = {"dataset": dataset.name, "modalities": modalities, "analysed_samples": len(samples),
               "retrieval": by_modalities, "summary": retrieval_summary(by_modalities, modalities)}
-    report.update(feature_statistics(model, loader, device, cfg.SOLVER.AMP, cfg.TEST.FEAT_NORM, progress))
+    report.update(feature_statistics(model, loader, device, cfg.TEST.FEAT_NORM, progress))
     return report
 
 

@@ -6,6 +6,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -41,9 +42,16 @@ from .distributed import (
     init_distributed,
     main_process_first,
 )
-from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
+from .inference import batch_to, evaluate, format_results, results_record, write_results
 
 logger = logging.getLogger(__name__)
+
+
+def autocast_context(device: torch.device, amp: str):
+    """Autocast of the training step for SOLVER.AMP ("off", "fp16", "bf16") on ``device``."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:

@@ -178,7 +178,7 @@ def ranks(args: argparse.Namespace) -> str:
         raise UserError("visualize ranks: TEST.MISS must be one setting (none, r, n, t, rn, ...), not 'all'")
     samples = evaluation_samples(dataset)
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting], cfg.SOLVER.AMP)[setting]
+    features = extract_features(model, loader, device, [setting])[setting]
     if cfg.TEST.FEAT_NORM:
         features = F.normalize(features, dim=1)
     picks = pick_indices(len(dataset.query), args.num, args.indices)
@@ -291,7 +291,7 @@ def embedding(args: argparse.Namespace) -> str:
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, settings, cfg.SOLVER.AMP)
+    features = extract_features(model, loader, device, settings)
     if cfg.TEST.FEAT_NORM:
         features = {s: F.normalize(f, dim=1) for s, f in features.items()}
     thumb = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)
