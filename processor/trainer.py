@@ -36,11 +36,11 @@ from .checkpoint import (
 from .distributed import (
     DistInfo,
     all_reduce_mean,
-    barrier,
     cleanup,
     differing_replicas,
     init_distributed,
     main_process_first,
+    run_on_main,
 )
 from .inference import batch_to, evaluate, format_results, results_record, write_results
 
@@ -106,6 +106,7 @@ class Trainer:
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
         self.start_epoch = self._maybe_resume()
+        self.best: tuple[int, float] | None = None  # (epoch, mAP) of SOLVER.EVAL_PERIOD, chosen on the test set
         self.train_model = self._wrap(self.model)
         self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
                                         pin_memory=self.device.type == "cuda")
@@ -162,41 +163,43 @@ class Trainer:
     def run(self) -> dict | None:
         cfg = self.cfg
         max_epochs = cfg.SOLVER.MAX_EPOCHS
-        best = None
         for epoch in range(self.start_epoch + 1, max_epochs + 1):
             self.train_epoch(epoch)
             self.scheduler.step()
-            if self.info.is_main:
-                self._save_last(epoch)
-            barrier(self.info)
-            period = cfg.SOLVER.EVAL_PERIOD
-            if period and epoch % period == 0 and epoch < max_epochs and self.info.is_main:
-                result = self._evaluate(epoch, progress=False)["none"]
-                if best is None or result.mAP > best[1]:
-                    best = (epoch, result.mAP)
-                logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
-                            "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
-                            best[0], 100 * best[1])
-            barrier(self.info)
+            run_on_main(self.info, lambda epoch=epoch: self._end_of_epoch(epoch))
         if self.info.distributed:
             differing = differing_replicas(self.model, self.info)
             if differing:
                 raise RuntimeError(f"the {self.info.world_size} processes ended with different weights: "
                                    f"{', '.join(differing[:5])}")
             logger.info("parameters identical on all %d processes", self.info.world_size)
-        record = None
-        if self.info.is_main:
-            final = os.path.join(self.out, "model_final.pth")
-            atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
-            logger.info("saved %s", final)
-            results = self._evaluate(max_epochs)
-            record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
-                                                      "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
-            logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
-                        format_results(results))
-            logger.info("wrote %s", write_results(self.out, record))
-            self.writer.close()
-        barrier(self.info)
+        return run_on_main(self.info, self._finish)
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        """Main process: save last.pth (and a snapshot); evaluate when SOLVER.EVAL_PERIOD says so."""
+        self._save_last(epoch)
+        period = self.cfg.SOLVER.EVAL_PERIOD
+        if period and epoch % period == 0 and epoch < self.cfg.SOLVER.MAX_EPOCHS:
+            result = self._evaluate(epoch, progress=False)["none"]
+            if self.best is None or result.mAP > self.best[1]:
+                self.best = (epoch, result.mAP)
+            logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
+                        "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
+                        self.best[0], 100 * self.best[1])
+
+    def _finish(self) -> dict:
+        """Main process: save model_final.pth, evaluate the final epoch (the reported result)."""
+        cfg, max_epochs = self.cfg, self.cfg.SOLVER.MAX_EPOCHS
+        final = os.path.join(self.out, "model_final.pth")
+        atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
+        logger.info("saved %s", final)
+        results = self._evaluate(max_epochs)
+        record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
+                                                  "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+        logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
+                    format_results(results))
+        logger.info("wrote %s", write_results(self.out, record))
+        self.writer.close()
         return record
 
     def _evaluate(self, epoch: int, progress: bool = True):

@@ -32,3 +32,42 @@ def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     assert len(os.listdir(out / "tensorboard")) == 1
     with open(out / "train.log") as f:
         assert f.read().count("running with config") == 1
+
+
+def _worker(rank: int, init_file: str, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from processor.distributed import DistInfo, MainProcessFailed, main_process_first, run_on_main
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    info = DistInfo(rank, 2, rank, torch.device("cpu"))
+    outcome = []
+    outcome.append(run_on_main(info, lambda: "value"))
+
+    def fail():
+        raise ValueError("evaluation failed")
+
+    for block in ("run_on_main", "main_process_first"):
+        try:
+            if block == "run_on_main":
+                run_on_main(info, fail)
+            else:
+                with main_process_first(info):
+                    if info.is_main:
+                        fail()
+            outcome.append("no error")
+        except (ValueError, MainProcessFailed) as exc:
+            outcome.append(type(exc).__name__)
+    results[rank] = outcome
+    dist.destroy_process_group()
+
+
+def test_a_failure_on_the_main_process_stops_every_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        assert results[0] == ["value", "ValueError", "ValueError"]
+        assert results[1] == [None, "MainProcessFailed", "MainProcessFailed"]
