@@ -45,7 +45,7 @@ _C.MODEL.DROP_PATH = 0.0
 _C.MODEL.GRAD_CKPT = False
 # Convert BatchNorm layers to SyncBatchNorm under distributed training.
 _C.MODEL.SYNC_BN = False
-# Wrap the model with torch.compile (PyTorch 2 graph compiler) for training and inference.
+# Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 # On CPU in float32: run the linear layers and the CLIP MLPs through oneDNN (model/onednn.py), about twice
 # the speed of the default BLAS on CPUs where it lacks AVX-512 kernels; same numbers up to float rounding.
@@ -150,8 +150,8 @@ _C.SOLVER.COSINE_MIN_FACTOR = 0.002
 # Multistep: epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [20, 50]
 _C.SOLVER.GAMMA = 0.1
-# Mixed precision: "off" (float32), "fp16" (with gradient scaling) or "bf16". The heat kernel always
-# runs in float32.
+# Mixed precision of the training step: "off" (float32), "fp16" (with gradient scaling) or "bf16". The
+# heat kernel always runs in float32; evaluation always runs in float32.
 _C.SOLVER.AMP = "off"
 # Save a numbered snapshot every N epochs (0: only last.pth and model_final.pth).
 _C.SOLVER.CHECKPOINT_PERIOD = 0
@@ -171,7 +171,7 @@ _C.SOLVER.RESUME = False
 _C.TEST = CN()
 # Samples per inference batch.
 _C.TEST.IMS_PER_BATCH = 128
-# Checkpoint to evaluate (ours or the authors' released format); "" evaluates the freshly built model.
+# Checkpoint that test.py evaluates (ours or the authors' released format); test.py requires it.
 _C.TEST.WEIGHT = ""
 # L2-normalise test features (distances then rank as cosine similarity).
 _C.TEST.FEAT_NORM = True
@@ -185,7 +185,13 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Queries per evaluation chunk (bounds evaluation memory to about EVAL_CHUNK x gallery size x 16 bytes).
+# Also measure modal bias at every evaluation during training (processor/analysis.py, as
+# tools/modal_bias.py: retrieval per modality subset, modality gap through the heat cycles, energy
+# shares, conductivities and gates) and log it to TensorBoard under "bias/". Costs one more pass over the
+# test set and the missing-modality sweep.
+_C.TEST.MODAL_BIAS = False
+# Queries per evaluation chunk: evaluation memory is about EVAL_CHUNK x gallery size x 4 bytes on CPU
+# (x 20 bytes on GPU), plus the features.
 _C.TEST.EVAL_CHUNK = 256
 
 # -----------------------------------------------------------------------------------------------------

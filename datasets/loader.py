@@ -72,9 +72,13 @@ class ImageDataset(Dataset):
 
 
 def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:
+    """Worker settings, and the loader's own generator: a DataLoader draws its workers' base seed at every
+    iterator creation, from the global torch generator unless given one, which would shift the model's
+    random stream (dropout, drop path) differently in a resumed run than in an uninterrupted one."""
     workers = cfg.DATALOADER.NUM_WORKERS
     return {"num_workers": workers, "pin_memory": pin_memory and cfg.DATALOADER.PIN_MEMORY,
-            "persistent_workers": workers > 0 and cfg.DATALOADER.PERSISTENT_WORKERS}
+            "persistent_workers": workers > 0 and cfg.DATALOADER.PERSISTENT_WORKERS,
+            "generator": torch.Generator().manual_seed(cfg.SOLVER.SEED)}
 
 
 def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,

@@ -1,13 +1,15 @@
 """Checkpoints: atomic writes, training state for resumption, and loading weights with clear errors.
 
 Formats read by :func:`load_weights`: ours (``{"format": "mhcf", "model": state_dict, ...}``) and the
-authors' released MHCF checkpoints (a bare state dict, converted by :mod:`model.convert`).
+authors' released MHCF checkpoints (a bare state dict, converted by :mod:`model.convert` against the model the
+config builds).
 """
 
 import logging
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.convert import convert_released_state_dict, is_released_state_dict
+from model.clip_weights import check_state_fits
+from model.convert import convert_released_state_dict, is_released_state_dict, released_num_classes, strip_module_prefix
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,17 @@ def atomic_save(obj: dict, path: str) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of :func:`atomic_save` calls that were killed before their rename."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder)
+             if name.startswith(".") and name.endswith(".tmp") and ".pth." in name]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def read_checkpoint(path: str) -> dict:
     """``torch.load(path, weights_only=True)`` with one-line errors for missing or foreign files."""
     if not path:
@@ -56,25 +70,44 @@ def read_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc, path)})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     return ckpt
 
 
+def _load_failure(exc: Exception, path: str) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises turning the
+    safety off, which a checkpoint from elsewhere must not be)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?(.+?)(?: was not an allowed|\n|$)",
+                      text.replace("\n\n", " "))
+    if match and "GLOBAL" in match.group(1):
+        return f"it holds Python objects other than tensors and plain containers: {match.group(1).strip()}"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive as torch.save writes, nor a legacy torch file"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first
+
+
 def model_state(ckpt: dict, path: str) -> dict[str, torch.Tensor]:
-    """The MHCF state dict held by a checkpoint of ours or by a released one (converted)."""
+    """The MHCF state dict held by a checkpoint of ours, or a released one as it is (:func:`load_weights`
+    converts it once the model is built)."""
     if ckpt.get("format") == FORMAT:
         return ckpt["model"]
     state = ckpt.get("state_dict", ckpt.get("model", ckpt))
     if isinstance(state, dict) and is_released_state_dict(state):
         logger.info("%s is in the authors' released format: converting it", path)
-        return convert_released_state_dict(state)
+        return strip_module_prefix(state)
     raise UserError(f"{path} is not an MHCF checkpoint (neither ours nor the authors' released format)")
 
 
 def num_classes_of(state: dict[str, torch.Tensor], path: str) -> int:
+    if is_released_state_dict(state):
+        num_classes = released_num_classes(state)
+        if num_classes is None:
+            raise UserError(f"{path}: no classifier.weight in the released checkpoint")
+        return num_classes
     key = "heads.ori.classifier.weight"
     if key not in state:
         raise UserError(f"{path}: no {key} in the checkpoint; it is not an MHCF model")
@@ -83,24 +116,13 @@ def num_classes_of(state: dict[str, torch.Tensor], path: str) -> int:
 
 def check_compatible(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
     """Raise a UserError naming the first differing keys / shapes between ``model`` and ``state``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys "
-                        f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
-    if problems:
-        raise UserError(f"{path} does not fit the configured model: {'; '.join(problems)}")
+    check_state_fits(model, state, path, "the configured model")
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load ``state`` (ours, or the authors' release: converted first) into ``model``, strictly."""
+    if is_released_state_dict(state):
+        state = convert_released_state_dict(state, model, path)
     check_compatible(model, state, path)
     model.load_state_dict(state, strict=True)
 

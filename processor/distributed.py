@@ -3,8 +3,10 @@
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -12,6 +14,8 @@ import torch.distributed as dist
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,19 +62,54 @@ def init_distributed(device_name: str) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
+class MainProcessFailed(RuntimeError):
+    """Raised on the other processes when the main process failed in a block they were waiting for."""
+
+
+def _all_ok(info: DistInfo, ok: bool) -> bool:
+    """Whether every process reports ``ok`` (a barrier that also carries the outcome)."""
+    flag = torch.tensor([int(ok)], device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 @contextmanager
 def main_process_first(info: DistInfo):
-    """The main process runs the block first (e.g. generating data); the others follow."""
-    if not info.is_main:
-        barrier(info)
-    yield
+    """The main process runs the block first (e.g. generating data or downloading weights); the others
+    follow once it has succeeded, and stop at once (MainProcessFailed) if it failed."""
+    if not info.distributed:
+        yield
+        return
     if info.is_main:
-        barrier(info)
+        try:
+            yield
+        except BaseException:
+            _all_ok(info, False)
+            raise
+        _all_ok(info, True)
+    else:
+        if not _all_ok(info, True):
+            raise MainProcessFailed("the main process failed (its error is above); stopping")
+        yield
+
+
+def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T | None:
+    """``fn()`` on the main process only (evaluation, saving) while the others wait; returns its result
+    there and None elsewhere. If it raises, the error propagates on the main process and every other
+    process stops with MainProcessFailed instead of waiting at a barrier until the timeout."""
+    if not info.distributed:
+        return fn()
+    if not info.is_main:
+        if not _all_ok(info, True):
+            raise MainProcessFailed("the main process failed (its error is above); stopping")
+        return None
+    try:
+        result = fn()
+    except BaseException:
+        _all_ok(info, False)
+        raise
+    _all_ok(info, True)
+    return result
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -80,6 +119,25 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out)
     return out / info.world_size
+
+
+@torch.no_grad()
+def differing_replicas(module: torch.nn.Module, info: DistInfo) -> list[str]:
+    """Names of the parameters that differ from rank 0's on some process (empty when every replica is
+    identical, as data-parallel training must keep them). Buffers are left out: DDP copies rank 0's at each
+    forward, so the batch-norm statistics of the last step legitimately differ until the next one (rank
+    0's are the ones saved). Costs one broadcast of the parameters."""
+    if not info.distributed:
+        return []
+    params = dict(module.named_parameters())
+    names = list(params)
+    differs = torch.zeros(len(names), device=info.device)
+    for i, tensor in enumerate(params.values()):
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        differs[i] = float(not torch.equal(reference, tensor))
+    dist.all_reduce(differs)
+    return [name for name, d in zip(names, differs.tolist()) if d]
 
 
 def cleanup(info: DistInfo) -> None:

@@ -3,9 +3,9 @@
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from itertools import combinations
 
 import torch
@@ -37,22 +37,18 @@ def missing_modalities(setting: str, modalities: Sequence[str]) -> list[str]:
     return [] if setting == "none" else [m for m in modalities if m[0].lower() in setting]
 
 
-def autocast_context(device: torch.device, amp: str):
-    """Autocast for SOLVER.AMP ("off", "fp16", "bf16") on ``device``."""
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
 def batch_to(batch: dict, modalities: Sequence[str], device: torch.device) -> dict:
     """The batch with its images on ``device`` (non-blocking when the loader pins memory)."""
     return {k: (v.to(device, non_blocking=True) if k in modalities else v) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def extract_features(model: MHCF, loader, device: torch.device, settings: Sequence[str], amp: str = "off",
+def extract_features(model: MHCF, loader, device: torch.device, settings: Sequence[str],
                      progress: bool = True) -> dict[str, torch.Tensor]:
     """Test features (N, D) on CPU for every TEST.MISS setting, encoding each image once.
+
+    Always float32, whatever SOLVER.AMP says for training: the authors evaluate in float32, and their
+    released operator's unscaled attention scores lose precision in half precision.
 
     A missing modality's normalised image is all zeros (DESIGN §4.6), so its backbone tokens are those of
     a zero image, computed once and shared by every sample; only the heat fusion runs per setting.
@@ -61,17 +57,16 @@ def extract_features(model: MHCF, loader, device: torch.device, settings: Sequen
     modalities = model.modalities
     out: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     zero_tokens = None
-    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="features", disable=not (progress and sys.stderr.isatty()), leave=False):
         batch = batch_to(batch, modalities, device)
-        with autocast_context(device, amp):
-            tokens = model.encode(batch)
-            if zero_tokens is None and settings != ["none"]:
-                zero_tokens = model.encode({m: torch.zeros_like(batch[m][:1]) for m in modalities})
-            for setting in settings:
-                missing = missing_modalities(setting, modalities)
-                used = {m: zero_tokens[m].expand_as(t) if m in missing else t for m, t in tokens.items()}
-                features, _ = model.fuse(used)
-                out[setting].append(model.test_feature(features).float().cpu())
+        tokens = model.encode(batch)
+        if zero_tokens is None and settings != ["none"]:
+            zero_tokens = model.encode({m: torch.zeros_like(batch[m][:1]) for m in modalities})
+        for setting in settings:
+            missing = missing_modalities(setting, modalities)
+            used = {m: zero_tokens[m].expand_as(t) if m in missing else t for m, t in tokens.items()}
+            features, _ = model.fuse(used)
+            out[setting].append(model.test_feature(features).float().cpu())
     return {s: torch.cat(f) for s, f in out.items()}
 
 
@@ -82,7 +77,7 @@ def evaluate(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torc
     samples = dataset.query if same else [*dataset.query, *dataset.gallery]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     start = time.time()
-    feats = extract_features(model, loader, device, list(settings), amp=cfg.SOLVER.AMP, progress=progress)
+    feats = extract_features(model, loader, device, list(settings), progress=progress)
     logger.info("extracted %d x %d test features in %.1f s", len(samples), len(settings), time.time() - start)
     meta = dataset.eval_metadata(dataset.query, dataset.gallery)
     num_query = len(dataset.query)

@@ -7,6 +7,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -23,11 +24,36 @@ from utils.errors import UserError
 from utils.flops import format_costs, model_costs
 from utils.logger import setup_logging
 
-from .checkpoint import atomic_save, model_checkpoint, read_checkpoint, rng_state, set_rng_state
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, main_process_first
-from .inference import autocast_context, batch_to, evaluate, format_results, results_record, write_results
+from .analysis import analyse_modal_bias, log_modal_bias
+from .checkpoint import (
+    FORMAT,
+    atomic_save,
+    load_weights,
+    model_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    cleanup,
+    differing_replicas,
+    init_distributed,
+    main_process_first,
+    run_on_main,
+)
+from .inference import batch_to, evaluate, format_results, results_record, write_results
 
 logger = logging.getLogger(__name__)
+
+
+def autocast_context(device: torch.device, amp: str):
+    """Autocast of the training step for SOLVER.AMP ("off", "fp16", "bf16") on ``device``."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -63,17 +89,21 @@ class Trainer:
             with open(os.path.join(self.out, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
         logger.info("running with config:\n%s", cfg.dump())
+        if info.is_main:
+            for name in remove_stale_temporaries(self.out):
+                logger.info("removed %s, left by a run killed while saving", name)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         seed_everything(cfg.SOLVER.SEED)
-        with main_process_first(info):
+        with main_process_first(info):  # the first process generates / downloads what the others then read
             self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
-        self.num_classes = self.dataset.num_train_pids
-        self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
+            self.num_classes = self.dataset.num_train_pids
+            self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
         logger.info("%s", parameter_summary(self.model, cfg.INPUT.SIZE_TRAIN))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
         self.start_epoch = self._maybe_resume()
+        self.best: tuple[int, float] | None = None  # (epoch, mAP) of SOLVER.EVAL_PERIOD, chosen on the test set
         self.train_model = self._wrap(self.model)
         self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
                                         pin_memory=self.device.type == "cuda")
@@ -83,6 +113,9 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------------------------
     def _wrap(self, model: MHCF) -> torch.nn.Module:
         if self.info.distributed:
+            if self.cfg.MODEL.SYNC_BN and self.device.type != "cuda":
+                raise UserError("MODEL.SYNC_BN needs GPUs (torch's SyncBatchNorm does not run on CPU); "
+                                "set MODEL.SYNC_BN False")
             if self.cfg.MODEL.SYNC_BN:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
@@ -103,9 +136,9 @@ class Trainer:
             logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
             return 0
         state = read_checkpoint(self.last_path)
-        if "optimizer" not in state:
+        if state.get("format") != FORMAT or "optimizer" not in state:
             raise UserError(f"{self.last_path} holds no training state to resume from")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -127,42 +160,75 @@ class Trainer:
     def run(self) -> dict | None:
         cfg = self.cfg
         max_epochs = cfg.SOLVER.MAX_EPOCHS
-        best = None
         for epoch in range(self.start_epoch + 1, max_epochs + 1):
             self.train_epoch(epoch)
             self.scheduler.step()
-            if self.info.is_main:
-                self._save_last(epoch)
-            barrier(self.info)
-            period = cfg.SOLVER.EVAL_PERIOD
-            if period and epoch % period == 0 and epoch < max_epochs and self.info.is_main:
-                result = self._evaluate(epoch, progress=False)["none"]
-                if best is None or result.mAP > best[1]:
-                    best = (epoch, result.mAP)
-                logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
-                            "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
-                            best[0], 100 * best[1])
-            barrier(self.info)
-        record = None
-        if self.info.is_main:
-            final = os.path.join(self.out, "model_final.pth")
-            atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
-            logger.info("saved %s", final)
-            results = self._evaluate(max_epochs)
-            record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
-                                                      "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
-            logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
-                        format_results(results))
-            logger.info("wrote %s", write_results(self.out, record))
-            self.writer.close()
-        barrier(self.info)
+            run_on_main(self.info, lambda epoch=epoch: self._end_of_epoch(epoch))
+        if self.info.distributed:
+            differing = differing_replicas(self.model, self.info)
+            if differing:
+                raise RuntimeError(f"the {self.info.world_size} processes ended with different weights: "
+                                   f"{', '.join(differing[:5])}")
+            logger.info("parameters identical on all %d processes", self.info.world_size)
+        return run_on_main(self.info, self._finish)
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        """Main process: save last.pth (and a snapshot); evaluate when SOLVER.EVAL_PERIOD says so."""
+        self._save_last(epoch)
+        period = self.cfg.SOLVER.EVAL_PERIOD
+        if period and epoch % period == 0 and epoch < self.cfg.SOLVER.MAX_EPOCHS:
+            result = self._evaluate(epoch, progress=False)["none"]
+            if self.best is None or result.mAP > self.best[1]:
+                self.best = (epoch, result.mAP)
+            logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
+                        "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
+                        self.best[0], 100 * self.best[1])
+
+    def _finish(self) -> dict:
+        """Main process: save model_final.pth, evaluate the final epoch (the reported result)."""
+        cfg, max_epochs = self.cfg, self.cfg.SOLVER.MAX_EPOCHS
+        final = os.path.join(self.out, "model_final.pth")
+        atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
+        logger.info("saved %s", final)
+        results = self._evaluate(max_epochs)
+        record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
+                                                  "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+        logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
+                    format_results(results))
+        logger.info("wrote %s", write_results(self.out, record))
+        self.writer.close()
         return record
 
     def _evaluate(self, epoch: int, progress: bool = True):
         results = evaluate(self.cfg, self.model, self.dataset, self.device, progress=progress)
         for key, value in results["none"].as_percent().items():
             self.writer.add_scalar(f"eval/{key}", value, epoch)
+        if self.cfg.TEST.MODAL_BIAS:
+            report = analyse_modal_bias(self.cfg, self.model, self.dataset, self.device, progress=progress)
+            log_modal_bias(self.writer, report, epoch)
         return results
+
+    def train_step(self, batch: dict, where: str, saved: bool = True):
+        """One optimisation step; returns the loss values (averaged over processes) by name, the model's
+        outputs and the batch's labels. A non-finite loss stops the run on every process alike, naming
+        ``where`` it happened; ``saved`` tells whether last.pth holds an earlier epoch."""
+        batch = batch_to(batch, self.model.modalities, self.device)
+        pids = batch["pid"].to(self.device)
+        with autocast_context(self.device, self.cfg.SOLVER.AMP):
+            outputs = self.train_model(batch)
+            losses = self.loss_fn(outputs, pids)
+        total = sum(losses.values())
+        values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
+                                 self.info)
+        if not torch.isfinite(values[0]):
+            last = f"the last good checkpoint is {self.last_path}" if saved else "no checkpoint was written yet"
+            raise UserError(f"non-finite loss ({values[0].item()}) at {where}; {last}; lower SOLVER.BASE_LR or "
+                            f"use SOLVER.AMP bf16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(zip(["loss", *losses], values.tolist())), outputs, pids
 
     def train_epoch(self, epoch: int) -> None:
         cfg, info = self.cfg, self.info
@@ -176,25 +242,8 @@ class Trainer:
         bar = tqdm(self.loader, total=steps, desc=f"epoch {epoch}/{cfg.SOLVER.MAX_EPOCHS}",
                    disable=not (info.is_main and sys.stderr.isatty()), leave=False)
         for it, batch in enumerate(bar, 1):
-            batch = batch_to(batch, self.model.modalities, self.device)
-            pids = batch["pid"].to(self.device)
-            with autocast_context(self.device, cfg.SOLVER.AMP):
-                outputs = self.train_model(batch)
-                losses = self.loss_fn(outputs, pids)
-            total = sum(losses.values())
-            values = all_reduce_mean(torch.stack([total.detach(), *[v.detach() for v in losses.values()]]), info)
-            if not torch.isfinite(values[0]):
-                raise UserError(f"non-finite loss ({values[0].item()}) at epoch {epoch}, iteration {it}; "
-                                f"the last good checkpoint is {self.last_path} (lower SOLVER.BASE_LR or use "
-                                f"SOLVER.AMP bf16)")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-            values = values.tolist()
-            sums["loss"] += values[0]
-            for name, value in zip(losses, values[1:]):
+            values, outputs, pids = self.train_step(batch, f"epoch {epoch}, iteration {it}/{steps}", epoch > 1)
+            for name, value in values.items():
                 sums[name] += value
             sums["acc"] += (outputs["logits"]["ori"].argmax(1) == pids).float().mean().item()
             stats = outputs["heat_stats"]

@@ -3,11 +3,23 @@
 import os
 
 import pytest
+import torch
 
 from config import load_config
 from datasets.synthetic import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (and, through OMP_NUM_THREADS, for the scripts it starts):
+    tiny models gain nothing from more, and on a busy machine idle-spinning OpenMP threads cost more than
+    the work (a several-fold slow-down of the training tests under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ from model import make_model  # noqa: E402
 from model.backbone import ARCHS  # noqa: E402
 from model.onednn import onednn_available  # noqa: E402
 from processor.distributed import resolve_device  # noqa: E402
-from processor.inference import autocast_context  # noqa: E402
+from processor.trainer import autocast_context  # noqa: E402
 from solver import make_optimizer  # noqa: E402
 from tools.reference_mhcf import ReferenceMHCF  # noqa: E402
 from utils.errors import UserError  # noqa: E402

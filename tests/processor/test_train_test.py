@@ -68,3 +68,13 @@ def test_missing_modality_features_equal_zeroed_images(tiny_root, tmp_path):
         for setting, missing in (("t", ["TI"]), ("rn", ["RGB", "NI"])):
             zeroed = {**batch, **{m: torch.zeros_like(batch[m]) for m in missing}}
             torch.testing.assert_close(feats[setting], model(zeroed), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_runs_in_float32_whatever_the_training_precision(tiny_root, tmp_path):
+    dataset = make_dataset("Synthetic", tiny_root)
+    torch.manual_seed(0)
+    model = make_model(tiny_config(tiny_root, str(tmp_path)), dataset.num_train_pids)
+    results = {amp: processor.inference.evaluate(tiny_config(tiny_root, str(tmp_path), "SOLVER.AMP", amp), model,
+                                                 dataset, torch.device("cpu"), progress=False)["none"]
+               for amp in ("off", "bf16")}
+    assert results["off"].mAP == results["bf16"].mAP

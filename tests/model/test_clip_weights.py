@@ -1,0 +1,161 @@
+"""OpenAI CLIP weights: reading both of OpenAI's formats safely, conversion, grid resize, download and cache."""
+
+import copy
+import hashlib
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build_clip_vit, clip_weights
+from model.clip_weights import download_openai, read_openai_state_dict
+from tests.model.clip_reference import CLIP, randomise
+from utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def openai_files(tmp_path_factory):
+    """A random CLIP ViT-B/16 in OpenAI's layout, float16, saved as a state dict and as a TorchScript archive."""
+    folder = tmp_path_factory.mktemp("openai")
+    torch.manual_seed(0)
+    clip = randomise(CLIP(), seed=1).eval()
+    state_path, archive_path = str(folder / "state.pt"), str(folder / "ViT-B-16.pt")
+    torch.save({k: v.half() for k, v in clip.state_dict().items()}, state_path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, and warns about shape arithmetic
+        traced = torch.jit.trace(copy.deepcopy(clip), torch.zeros(1, 3, 224, 224), check_trace=False)
+    traced.half().save(archive_path)
+    return clip, state_path, archive_path
+
+
+def test_tokens_equal_clip_for_state_dict_and_torchscript(openai_files, tmp_path, monkeypatch):
+    clip, state_path, archive_path = openai_files
+    with zipfile.ZipFile(archive_path) as z:
+        assert any("/code/" in n for n in z.namelist())  # a real TorchScript archive
+    from_state = build_clip_vit((256, 128), pretrained=state_path).eval()
+    # the archive through the "openai" path: downloaded (from a file:// URL), verified, cached, read
+    _serve(tmp_path, monkeypatch, Path(archive_path).read_bytes())
+    from_archive = build_clip_vit((256, 128), pretrained="openai", cache_dir=str(tmp_path / "cache")).eval()
+    assert os.listdir(tmp_path / "cache") == ["ViT-B-16.pt"]
+    a, b = from_state.state_dict(), from_archive.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    images = torch.randn(2, 3, 256, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = from_archive(images)
+        ref = clip.visual(images, stored_dtype=torch.float16)
+    assert ours.shape == (2, 1 + 16 * 8, 768)
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_torchscript_reader_returns_every_tensor(openai_files):
+    clip, _, archive_path = openai_files
+    state = read_openai_state_dict(archive_path)
+    expected = clip.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(state[k].dtype == torch.float16 and torch.equal(state[k].float(), expected[k]) for k in expected)
+
+
+class _Touch:
+    """Pickles as a call to ``os.mkdir(path)``: a reader that executed it would create the folder."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_torchscript_reader_executes_nothing(tmp_path):
+    marker = str(tmp_path / "executed")
+    archive = tmp_path / "evil.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"visual.conv1.weight": _Touch(marker)}, protocol=2))
+        z.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("evil/code/__torch__.py", "")
+    with pytest.raises(UserError, match="refusing to load posix.mkdir|refusing to load os.mkdir"):
+        read_openai_state_dict(str(archive))
+    assert not os.path.exists(marker)
+
+
+def test_position_grid_resize_is_bilinear_without_antialias():
+    pos = torch.arange(1 + 4, dtype=torch.float32).reshape(1, 5, 1)  # class position 0, grid [[1, 2], [3, 4]]
+    out = clip_weights.resize_position_grid(pos, (4, 2))
+    assert out[0, 0, 0] == 0
+    # rows at source coordinates (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamped 0, 0.25, 0.75, 1
+    rows = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    expected = torch.stack([1 + 2 * rows, 2 + 2 * rows], dim=1).reshape(-1)
+    torch.testing.assert_close(out[0, 1:, 0], expected)
+
+
+def test_wrong_architecture_is_a_user_error(openai_files):
+    with pytest.raises(UserError, match="does not fit the ViT-Mini-8 backbone"):
+        build_clip_vit((64, 32), pretrained=openai_files[1], arch="ViT-Mini-8")
+
+
+def test_missing_file_and_foreign_file_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        build_clip_vit((64, 32), pretrained=str(tmp_path / "nope.pt"), arch="ViT-Mini-8")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="no 'visual.\\*' keys"):
+        build_clip_vit((64, 32), pretrained=str(tmp_path / "other.pt"), arch="ViT-Mini-8")
+
+
+# --- download and cache -------------------------------------------------------------------------------
+def _serve(tmp_path, monkeypatch, content: bytes, digest: str | None = None) -> str:
+    """Make "openai" point at a file:// URL holding ``content`` whose hash segment is ``digest``."""
+    digest = digest or hashlib.sha256(content).hexdigest()
+    folder = tmp_path / "server" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ViT-B-16.pt").write_bytes(content)
+    url = (folder / "ViT-B-16.pt").as_uri()
+    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16", url)
+    return url
+
+
+def test_download_is_verified_cached_and_reused(tmp_path, monkeypatch):
+    content = b"weights" * 1000
+    _serve(tmp_path, monkeypatch, content)
+    cache = str(tmp_path / "cache")
+    path = download_openai("ViT-B-16", cache)
+    assert path == os.path.join(cache, "ViT-B-16.pt")
+    assert Path(path).read_bytes() == content
+    assert os.listdir(cache) == ["ViT-B-16.pt"]  # no .part file left
+    # the verified cache is used without the network
+    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16",
+                        (tmp_path / "gone" / hashlib.sha256(content).hexdigest() / "ViT-B-16.pt").as_uri())
+    assert download_openai("ViT-B-16", cache) == path
+
+
+def test_corrupt_download_is_rejected_and_never_used(tmp_path, monkeypatch):
+    content = b"weights" * 1000
+    _serve(tmp_path, monkeypatch, b"truncated", digest=hashlib.sha256(content).hexdigest())
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="SHA256 .* expected"):
+        download_openai("ViT-B-16", str(cache))
+    assert os.listdir(cache) == []  # neither the file nor a .part
+
+
+def test_corrupt_cached_file_is_replaced_or_refused(tmp_path, monkeypatch):
+    content = b"weights" * 1000
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ViT-B-16.pt").write_bytes(content[:100])  # a partial download
+    # offline: a clear error saying where to put the file, and the partial file is not used
+    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16",
+                        (tmp_path / "offline" / hashlib.sha256(content).hexdigest() / "ViT-B-16.pt").as_uri())
+    with pytest.raises(UserError, match=f"put it at {cache / 'ViT-B-16.pt'}"):
+        download_openai("ViT-B-16", str(cache))
+    # online again: downloaded anew over the partial file
+    _serve(tmp_path, monkeypatch, content)
+    assert Path(download_openai("ViT-B-16", str(cache))).read_bytes() == content
+
+
+def test_openai_weights_exist_only_for_vit_b_16():
+    with pytest.raises(UserError, match="MODEL.NAME ViT-B-16 only"):
+        build_clip_vit((64, 32), pretrained="openai", arch="ViT-Mini-8")
