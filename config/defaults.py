@@ -47,8 +47,9 @@ _C.MODEL.GRAD_CKPT = False
 _C.MODEL.SYNC_BN = False
 # Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
-# On CPU in float32: run the linear layers and the CLIP MLPs through oneDNN (model/onednn.py), about twice
-# the speed of the default BLAS on CPUs where it lacks AVX-512 kernels; same numbers up to float rounding.
+# On CPU in float32: run the linear layers, the CLIP MLPs and the ViT's attention through oneDNN
+# (model/onednn.py, model/attention.py), about twice the speed of the default BLAS on CPUs where it lacks
+# AVX-512 kernels; same numbers up to float rounding.
 # No effect on GPU, under autocast (SOLVER.AMP) or with MODEL.COMPILE.
 _C.MODEL.ONEDNN = True
 

@@ -2,20 +2,23 @@
 
 PyTorch runs fp32 ``nn.Linear`` on CPU through its BLAS (MKL), which on some CPUs (AMD's with AVX-512, for
 one) takes an AVX2 code path at half the machine's matmul rate. The oneDNN library shipped inside PyTorch
-reaches the full rate. :func:`use_onednn` swaps the model's linear layers and QuickGELU MLPs for drop-in
-modules (same parameters, same state-dict names) whose forward and backward call oneDNN's matmul:
+reaches the full rate. :func:`use_onednn` swaps the model's linear layers, QuickGELU MLPs and attention
+for drop-in modules (same parameters, same state-dict names) whose forward and backward call oneDNN:
 
 - :class:`OneDNNLinear`: ``y = x W^T + b`` with the three GEMMs of its forward and backward in oneDNN;
 - :class:`QuickGELUMlp`: ``fc2(quick_gelu(fc1(x)))`` with ``quick_gelu(y) = y sigmoid(1.702 y)`` computed as
-  ``silu(1.702 y) / 1.702``, the two scales folded into the weights, so the activation costs one fused pass
-  forward and one backward instead of timm's three and five, and keeps two activations for backward
-  instead of three.
+  ``silu(1.702 y) / 1.702``, the first scale folded into fc1's weights and the second into fc2's output,
+  so the activation costs one fused pass forward and one backward instead of timm's three and five, keeps
+  two activations for backward instead of three, and backward needs no scaled weights at all;
+- :class:`~model.attention.FastAttention`: the ViT's multi-head attention as oneDNN batched products.
 
 Same numbers as PyTorch's kernels up to float rounding (fp32 throughout, no reduced precision). The fast
 path runs only for float32 CPU tensors outside autocast and ``torch.compile``; anything else takes the
 stock PyTorch path of the same module.
 """
 
+import functools
+import logging
 import math
 
 import torch
@@ -25,15 +28,20 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
+from .attention import FastAttention, fast_attention_available, fast_path
+
 __all__ = ["OneDNNLinear", "QuickGELUMlp", "onednn_available", "use_onednn"]
 
 #: QuickGELU's slope: ``quick_gelu(y) = y * sigmoid(QUICK_GELU_SLOPE * y)``.
 QUICK_GELU_SLOPE = 1.702
 
+logger = logging.getLogger(__name__)
 
-def onednn_available() -> bool:
-    """True when this PyTorch build has oneDNN and its linear operator."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+def _kernels_present() -> bool:
+    """This PyTorch build has oneDNN and the two operators used here."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.aten, "mkldnn_linear_backward_weights"))
 
 
 def _linear_pointwise_flop(x_shape, w_shape, *args, **kwargs) -> int:
@@ -46,16 +54,11 @@ def _linear_backward_weights_flop(grad_shape, x_shape, *args, **kwargs) -> int:
     return 2 * math.prod(x_shape[:-1]) * grad_shape[-1] * x_shape[-1]
 
 
-if onednn_available():
+if _kernels_present():
     for _op, _formula in ((torch.ops.mkldnn._linear_pointwise, _linear_pointwise_flop),
                           (torch.ops.aten.mkldnn_linear_backward_weights, _linear_backward_weights_flop)):
         if _op not in flop_registry:
             register_flop_formula(_op)(_formula)
-
-
-def _fast_path(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,9 +67,9 @@ def _matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
-def _grad_input(grad: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``grad @ (scale * weight)`` (M, K) for grad (M, N), weight (N, K)."""
-    return _matmul_nt(grad, (weight if scale == 1.0 else weight * scale).t())
+def _grad_input(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight`` (M, K) for grad (M, N), weight (N, K)."""
+    return _matmul_nt(grad, weight.t())
 
 
 def _grad_weight_bias(grad: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -76,6 +79,27 @@ def _grad_weight_bias(grad: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[
     shape = torch.empty(grad.shape[1], x.shape[1], layout=torch._mkldnn)  # only its shape is read
     grad_w, grad_b = torch.ops.aten.mkldnn_linear_backward_weights(grad.to_mkldnn(), x.to_mkldnn(), shape, bias)
     return grad_w.to_dense(), grad_b.to_dense() if bias else None
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """True when this PyTorch build has oneDNN with the two operators used here and they compute, on a small
+    probe, what ``torch.mm`` computes (a build whose kernels fail or disagree falls back to PyTorch's)."""
+    if not _kernels_present():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x, w, grad = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((37, 19), (11, 19), (37, 11)))
+    try:
+        y = _matmul_nt(x.float(), w.float())
+        grad_w, grad_b = _grad_weight_bias(grad.float(), x.float(), True)
+    except RuntimeError as err:
+        logger.warning("oneDNN kernels unavailable, using PyTorch's (%s)", str(err).splitlines()[0])
+        return False
+    ok = all(torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4)
+             for a, b in ((y, x @ w.T), (grad_w, grad.T @ x), (grad_b, grad.sum(0))))
+    if not ok:
+        logger.warning("oneDNN kernels disagree with torch.mm on this machine, using PyTorch's")
+    return ok
 
 
 class _LinearFn(torch.autograd.Function):
@@ -99,7 +123,11 @@ class _LinearFn(torch.autograd.Function):
 
 
 class _QuickGELUMlpFn(torch.autograd.Function):
-    """``fc2(quick_gelu(fc1(x)))`` as ``(W2 / s) silu(x (s W1)^T + s b1) + b2`` with s = 1.702."""
+    """``fc2(quick_gelu(fc1(x)))`` as ``(silu(x (s W1)^T + s b1) W2^T) / s + b2`` with s = 1.702.
+
+    Backward needs no scaled copy of a weight: with ``u = grad W2`` and ``v = silu'(pre) * u``, the gradients
+    are ``dx = v W1``, ``dW1 = v^T x``, ``db1 = sum(v)``, ``dW2 = grad^T hidden / s``, ``db2 = sum(grad)``
+    (the two factors s cancel)."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
@@ -107,23 +135,21 @@ class _QuickGELUMlpFn(torch.autograd.Function):
         pre = _matmul_nt(x, w1 * s, b1 * s)                                  # (M, H) = s * fc1(x)
         hidden = F.silu(pre)                                                 # (M, H) = s * quick_gelu(fc1(x))
         ctx.save_for_backward(x, w1, pre, hidden, w2)
-        return _matmul_nt(hidden, w2 / s, b2)                                # (M, D)
+        out = _matmul_nt(hidden, w2)                                         # (M, D) = s * (fc2(.) - b2)
+        return torch.add(b2, out, alpha=1 / s, out=out)                      # (M, D)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        s = QUICK_GELU_SLOPE
         x, w1, pre, hidden, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         grad = grad.contiguous()                                             # (M, D)
-        grad_w2, grad_b2 = _grad_weight_bias(grad, hidden, need_b2)          # (D, H), (D,)
-        grad_hidden = _grad_input(grad, w2, 1 / s)                           # (M, H)
-        grad_pre = torch.ops.aten.silu_backward(grad_hidden, pre)            # (M, H)
-        del grad_hidden
-        grad_x = _grad_input(grad_pre, w1, s) if need_x else None            # (M, D)
+        grad_w2, grad_b2 = _grad_weight_bias(grad, hidden, need_b2)          # (D, H) = s * dW2, (D,)
+        grad_pre = torch.ops.aten.silu_backward(_grad_input(grad, w2), pre)  # (M, H) = v = s * dL/dpre
+        grad_x = _grad_input(grad_pre, w1) if need_x else None               # (M, D)
         grad_w1, grad_b1 = _grad_weight_bias(grad_pre, x, need_b1)           # (H, D), (H,)
-        return (grad_x, grad_w1.mul_(s) if need_w1 else None, grad_b1.mul_(s) if need_b1 else None,
-                grad_w2.div_(s) if need_w2 else None, grad_b2)
+        return (grad_x, grad_w1 if need_w1 else None, grad_b1,
+                grad_w2.div_(QUICK_GELU_SLOPE) if need_w2 else None, grad_b2)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +160,7 @@ class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose float32 CPU forward and backward run in oneDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast_path(x):
+        if not fast_path(x):
             return super().forward(x)
         out = _LinearFn.apply(_flat(x), self.weight, self.bias)              # (M, out)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -166,22 +192,24 @@ class QuickGELUMlp(nn.Module):
                 and module.fc1.bias is not None and module.fc2.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast_path(x):
+        if not fast_path(x):
             return self.fc2(self.act(self.fc1(x)))
         out = _QuickGELUMlpFn.apply(_flat(x), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return out.reshape(*x.shape[:-1], self.fc2.out_features)
 
 
 def use_onednn(model: nn.Module) -> nn.Module:
-    """Swap, in place, every QuickGELU ``Mlp`` for a :class:`QuickGELUMlp` and every other ``nn.Linear``
-    for a :class:`OneDNNLinear` (parameters shared, state-dict names unchanged); returns ``model``.
-    A no-op when oneDNN is unavailable."""
+    """Swap, in place, every QuickGELU ``Mlp`` for a :class:`QuickGELUMlp`, every other ``nn.Linear`` for a
+    :class:`OneDNNLinear` and every plain timm ``Attention`` for a :class:`~model.attention.FastAttention`
+    (parameters shared, state-dict names unchanged); returns ``model``. A no-op when oneDNN is unavailable."""
     if not onednn_available():
         return model
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if QuickGELUMlp.fits(child):
-                setattr(parent, name, QuickGELUMlp(child))
-            elif type(child) is nn.Linear:
-                setattr(parent, name, OneDNNLinear.from_linear(child))
+    swaps = [(QuickGELUMlp.fits, QuickGELUMlp), (lambda m: type(m) is nn.Linear, OneDNNLinear.from_linear)]
+    if fast_attention_available():  # after the linear layers: FastAttention takes the swapped qkv and proj
+        swaps.append((FastAttention.fits, FastAttention))
+    for fits, make in swaps:
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if fits(child):
+                    setattr(parent, name, make(child))
     return model

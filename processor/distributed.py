@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from utils.allocator import tune_glibc_malloc
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class DistInfo:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """MODEL.DEVICE -> device: "auto" picks CUDA when present; under torchrun each process takes the CUDA
-    device of its LOCAL_RANK."""
+    device of its LOCAL_RANK. On CPU, glibc's malloc is set to keep freed activation buffers for reuse
+    (:func:`utils.allocator.tune_glibc_malloc`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -46,6 +48,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    elif device.type == "cpu":
+        tune_glibc_malloc()
     return device
 
 

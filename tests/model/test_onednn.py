@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import model.onednn as onednn
+from model.attention import FastAttention
 from model.backbone import ClipViT
 from model.onednn import OneDNNLinear, QuickGELUMlp, use_onednn
 
@@ -67,6 +68,7 @@ def test_use_onednn_keeps_parameters_and_outputs_of_a_backbone():
     fast = use_onednn(copy.deepcopy(stock))
     exact = copy.deepcopy(stock).double()
     assert all(isinstance(b.mlp, QuickGELUMlp) for b in fast.blocks)
+    assert all(isinstance(b.attn, FastAttention) for b in fast.blocks)
     assert all(isinstance(b.attn.qkv, OneDNNLinear) and isinstance(b.attn.proj, OneDNNLinear) for b in fast.blocks)
     assert list(fast.state_dict()) == list(stock.state_dict())
     images = torch.randn(4, 3, 32, 16)
@@ -124,3 +126,24 @@ def test_linear_without_bias_and_frozen_weight(bias):
     assert layer.weight.grad is None
     if bias:
         torch.testing.assert_close(layer.bias.grad, torch.full((3,), 4.0))
+
+
+def test_onednn_available_probes_the_kernels(monkeypatch, caplog):
+    assert onednn.onednn_available()  # this build's kernels agree with torch.mm
+    real = onednn._matmul_nt
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("could not create a primitive descriptor\nmore")
+
+    for broken, message in ((failing, "unavailable, using PyTorch's (could not create a primitive descriptor)"),
+                            (lambda *a, **k: real(*a, **k) * 1.01, "disagree with torch.mm")):
+        monkeypatch.setattr(onednn, "_matmul_nt", broken)
+        onednn.onednn_available.cache_clear()
+        with caplog.at_level("WARNING", logger="model.onednn"):
+            assert not onednn.onednn_available()
+        assert message in caplog.text
+        model = nn.Sequential(nn.Linear(4, 4))
+        assert type(use_onednn(model)[0]) is nn.Linear  # falls back to PyTorch's layers
+    monkeypatch.setattr(onednn, "_matmul_nt", real)
+    onednn.onednn_available.cache_clear()
+    assert onednn.onednn_available()
