@@ -65,7 +65,8 @@ def fast_attention_available() -> bool:
     try:
         ok = torch.allclose(batched_matmul(a.float(), b.float()).double(), a @ b, rtol=1e-4, atol=1e-4)
     except RuntimeError as err:
-        logger.warning("oneDNN convolution unavailable, attention by PyTorch's kernel (%s)", str(err).splitlines()[0])
+        logger.warning("oneDNN convolution unavailable, attention by PyTorch's kernel (%s)",
+                       str(err).partition("\n")[0] or type(err).__name__)
         return False
     if not ok:
         logger.warning("oneDNN convolution disagrees with torch.bmm on this machine, attention by PyTorch's kernel")

@@ -93,7 +93,8 @@ def onednn_available() -> bool:
         y = _matmul_nt(x.float(), w.float())
         grad_w, grad_b = _grad_weight_bias(grad.float(), x.float(), True)
     except RuntimeError as err:
-        logger.warning("oneDNN kernels unavailable, using PyTorch's (%s)", str(err).splitlines()[0])
+        logger.warning("oneDNN kernels unavailable, using PyTorch's (%s)",
+                       str(err).partition("\n")[0] or type(err).__name__)
         return False
     ok = all(torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4)
              for a, b in ((y, x @ w.T), (grad_w, grad.T @ x), (grad_b, grad.sum(0))))
@@ -165,6 +166,11 @@ class OneDNNLinear(nn.Linear):
         out = _LinearFn.apply(_flat(x), self.weight, self.bias)              # (M, out)
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    @staticmethod
+    def fits(module: nn.Module) -> bool:
+        """True for a plain ``nn.Linear`` (not a subclass, which may compute something else)."""
+        return type(module) is nn.Linear
+
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "OneDNNLinear":
         """The same layer (the very same parameter tensors) as a :class:`OneDNNLinear`."""
@@ -204,7 +210,7 @@ def use_onednn(model: nn.Module) -> nn.Module:
     (parameters shared, state-dict names unchanged); returns ``model``. A no-op when oneDNN is unavailable."""
     if not onednn_available():
         return model
-    swaps = [(QuickGELUMlp.fits, QuickGELUMlp), (lambda m: type(m) is nn.Linear, OneDNNLinear.from_linear)]
+    swaps = [(QuickGELUMlp.fits, QuickGELUMlp), (OneDNNLinear.fits, OneDNNLinear.from_linear)]
     if fast_attention_available():  # after the linear layers: FastAttention takes the swapped qkv and proj
         swaps.append((FastAttention.fits, FastAttention))
     for fits, make in swaps:

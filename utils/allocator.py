@@ -10,12 +10,15 @@ effect from glibc itself, without a preload: blocks up to 32 MiB (glibc's maximu
 64-bit) come from the heap, and up to ``trim_mib`` of free heap stays mapped for reuse.
 
 It changes nothing when the user has chosen the allocator's behaviour: a ``MALLOC_*_`` or ``GLIBC_TUNABLES``
-environment variable, or a preloaded allocator (``LD_PRELOAD``); nor outside glibc (macOS, Windows, musl).
+environment variable, or an allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc, ...); nor outside
+Linux with glibc (macOS, Windows, musl).
 """
 
 import ctypes
 import logging
 import os
+import re
+import sys
 
 __all__ = ["tune_glibc_malloc"]
 
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 # mallopt(3) parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses more on 64-bit (HEAP_MAX_SIZE / 2)
+INT_MAX = 2 ** 31 - 1          # mallopt takes an int
+_PRELOADED_ALLOCATOR = re.compile(r"malloc|hoard", re.IGNORECASE)  # jemalloc, tcmalloc, mimalloc, snmalloc, ...
 
 _applied: bool | None = None  # outcome of the first call: the settings are process-wide
 
@@ -31,8 +36,8 @@ _applied: bool | None = None  # outcome of the first call: the settings are proc
 def _user_choice() -> str | None:
     """The environment variable by which the user already configured the allocator, if any."""
     for name, value in os.environ.items():
-        if value and (name == "GLIBC_TUNABLES" or name == "LD_PRELOAD"
-                      or (name.startswith("MALLOC_") and name.endswith("_"))):
+        if value and (name == "GLIBC_TUNABLES" or (name.startswith("MALLOC_") and name.endswith("_"))
+                      or (name == "LD_PRELOAD" and _PRELOADED_ALLOCATOR.search(value))):
             return name
     return None
 
@@ -49,12 +54,15 @@ def tune_glibc_malloc(trim_mib: int = 1024, top_pad_mib: int = 64) -> bool:
     if chosen is not None:
         logger.debug("malloc settings left to the environment (%s is set)", chosen)
         return False
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError outside glibc
+        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError outside glibc (musl)
     except (OSError, AttributeError):
         return False
-    _applied = all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, trim_mib << 20), (M_TOP_PAD, top_pad_mib << 20)))
+    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, min(trim_mib << 20, INT_MAX)),
+                (M_TOP_PAD, min(top_pad_mib << 20, INT_MAX)))
+    _applied = all(libc.mallopt(param, value) == 1 for param, value in settings)
     logger.debug("glibc malloc tuned for reuse of large blocks: %s", _applied)
     return _applied

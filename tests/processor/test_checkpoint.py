@@ -77,3 +77,20 @@ def test_unreadable_checkpoints_are_named_without_unsafe_advice(tmp_path):
     torch.save(torch.zeros(2), tensor)
     with pytest.raises(UserError, match="holds a Tensor, not a dict"):
         read_checkpoint(tensor)
+
+
+def test_damaged_files_are_one_line_errors_however_the_unpickler_fails(tmp_path):
+    """Random bytes make torch's legacy unpickler fail in several ways (UnpicklingError, IndexError,
+    KeyError, UnicodeDecodeError for these seeds); each is reported as the same one-line UserError."""
+    failures = set()
+    for seed in range(60):
+        path = tmp_path / f"damaged{seed}.pth"
+        path.write_bytes(random.Random(seed).randbytes(1000))
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # what torch raises, for the record
+            failures.add(type(exc).__name__)
+        with pytest.raises(UserError, match="is not a readable PyTorch checkpoint") as info:
+            read_checkpoint(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert {"UnpicklingError", "IndexError"} <= failures

@@ -13,12 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 # Ten "training steps", each allocating, writing and freeing buffers of 1-19 MiB (82 MiB in all), after
-# three warm-up steps; prints the minor page faults of the ten and whether the tuning was applied.
+# three warm-up steps; prints the minor page faults of the ten and whether the tuning was applied. Mode
+# "eager" first sets glibc, in-process, to return free memory to the kernel at once (its default behaviour
+# at its worst, made deterministic); "+tune" then calls tune_glibc_malloc.
 PROBE = """
-import json, resource, sys
+import ctypes, json, resource, sys
 import torch
-from utils.allocator import tune_glibc_malloc
-applied = tune_glibc_malloc() if sys.argv[1] == "tune" else None
+from utils.allocator import M_TRIM_THRESHOLD, tune_glibc_malloc
+if sys.argv[1].startswith("eager"):
+    ctypes.CDLL(None).mallopt(M_TRIM_THRESHOLD, 0)
+applied = tune_glibc_malloc() if sys.argv[1].endswith("tune") else None
 def step():
     held = [torch.ones(mib << 18) for mib in (1, 3, 6, 12, 19, 1, 3, 6, 12, 19)]
     del held
@@ -51,18 +55,32 @@ def probe(mode: str, **env: str) -> dict:
 
 @pytest.mark.skipif(not _is_glibc(), reason="glibc malloc only")
 def test_tuned_malloc_reuses_freed_blocks_without_page_faults():
-    tuned = probe("tune")
-    assert tuned["applied"] is True
-    assert tuned["faults"] < PAGES_PER_STEP // 10  # ten steps of 82 MiB: (almost) nothing faulted in again
+    eager = probe("eager")
+    assert eager["faults"] > 9 * PAGES_PER_STEP  # every step faults its 82 MiB in again
+    for mode in ("tune", "eager+tune"):
+        tuned = probe(mode)
+        assert tuned["applied"] is True
+        assert tuned["faults"] < PAGES_PER_STEP // 10  # ten steps: (almost) nothing faulted in again
 
 
 @pytest.mark.skipif(not _is_glibc(), reason="glibc malloc only")
 @pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}])
 def test_user_allocator_settings_are_left_alone(env):
     # the user's setting (return free memory at once) stays in force: every step faults its pages in again
-    result = probe("tune", **env)
+    result = probe("tune", **env)  # the environment's setting alone, as in mode "eager"
     assert result["applied"] is False
     assert result["faults"] > 9 * PAGES_PER_STEP
+
+
+def test_only_allocators_in_ld_preload_count_as_a_user_choice(monkeypatch):
+    from utils import allocator
+
+    for name in [k for k in os.environ if k in ("GLIBC_TUNABLES", "LD_PRELOAD") or k.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LD_PRELOAD", "/opt/intel/lib/libiomp5.so")
+    assert allocator._user_choice() is None
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2:/opt/intel/lib/libiomp5.so")
+    assert allocator._user_choice() == "LD_PRELOAD"
 
 
 def test_cpu_device_resolution_tunes_malloc_once(monkeypatch):
