@@ -30,8 +30,13 @@ def test_benchmark_runs_one_step_of_the_synthetic_config(tiny_root, tmp_path):
     assert report["batch"] == 8 and report["threads"] == 1
     assert all(_positive(v) for v in report["matmul_gflops"].values())
     train, infer = report["train_step"], report["inference"]
-    for key in ("median", "min", "max", "flops", "samples_per_s", "images_per_s", "gflops", "fraction_of_matmul"):
+    for key in ("median", "min", "max", "flops", "samples_per_s", "images_per_s", "gflops", "fraction_of_matmul",
+                "matmul_alongside_gflops", "fraction_of_best_matmul"):
         assert _positive(train[key]) and _positive(infer[key]), key
+    for loop in (train, infer):  # the yardsticks: the matmul rate measured alongside, and the run's best burst
+        assert loop["fraction_of_matmul"] == pytest.approx(loop["gflops"] / loop["matmul_alongside_gflops"])
+        assert loop["fraction_of_best_matmul"] == pytest.approx(loop["gflops"] / report["matmul_best_gflops"])
+        assert report["matmul_best_gflops"] >= max(loop["matmul_alongside_gflops"], *report["matmul_gflops"].values())
     assert train["n"] == 1 and train["images_per_s"] == pytest.approx(3 * train["samples_per_s"])
     assert train["gflops"] * 1e9 * train["median"] == pytest.approx(train["flops"])
     assert infer["flops"] < train["flops"] * 4 / 8  # inference: forward of 4 samples, less than 8-sample training
@@ -44,3 +49,18 @@ def test_benchmark_runs_one_step_of_the_synthetic_config(tiny_root, tmp_path):
     assert data["samples"] == 4 and all(_positive(data[k]) for k in ("per_worker", "per_worker_cached", "decode_only"))
     assert data["workers"] >= 1 and data["workers_cached"] >= 1
     assert "baseline" not in report
+
+
+def test_matmul_rate_is_measured_between_the_timed_iterations():
+    import torch
+
+    from tools.benchmark import AlongsideMatmul, Timer, repeat
+
+    order = []
+    timer = Timer(torch.device("cpu"))
+    alongside = AlongsideMatmul(timer, lambda: order.append("matmul"), 64)
+    times = repeat(timer, lambda: order.append("step"), warmup=2, iters=3, between=alongside)
+    assert len(times) == 3 and len(alongside.rates) == 3
+    # warm-up untimed and without bursts; then each timed step is followed by a burst of 3 products
+    assert order == ["step"] * 2 + (["step"] + ["matmul"] * 3) * 3
+    assert alongside.median() == sorted(alongside.rates)[1] > 0
