@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from datasets import MultiModalDataset, make_dataset
 from model import MHCF
 from processor.distributed import resolve_device
 from processor.inference import load_trained_model
-from utils.errors import UserError
+from utils.cli import exit_on_user_error
 from utils.logger import setup_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,11 +40,4 @@ def run_tool(main: Callable[[argparse.Namespace], object], parser: argparse.Argu
     """Parse ``argv`` and call ``main(args)``; a :class:`UserError` becomes one line on stderr and exit 2."""
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        main(args)
-    except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    exit_on_user_error(lambda: main(args))

@@ -20,9 +20,14 @@ def run_cli(main: Callable[[CfgNode], object], description: str, argv: list[str]
     parser.add_argument("--config_file", default="", help="YAML file, e.g. configs/RGBNT201/MHCF.yml")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.MAX_EPOCHS 10")
     args = parser.parse_args(argv)
+    exit_on_user_error(lambda: main(load_config(args.config_file or None, args.opts)))
+
+
+def exit_on_user_error(fn: Callable[[], object]) -> None:
+    """Call ``fn()``; a :class:`UserError` becomes one line on stderr and exit code 2, Ctrl-C exit code 130,
+    both without a traceback."""
     try:
-        cfg = load_config(args.config_file or None, args.opts)
-        main(cfg)
+        fn()
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)

@@ -1,27 +1,15 @@
 """The authors' released checkpoint format with random weights, and an independent forward of their model
 written from DESIGN §4.4 (dense adjacency, bmm diffusion) on top of the reference CLIP tower."""
 
-import math
 
 import torch
 import torch.nn.functional as F
 
 from tests.model.clip_reference import VisionTransformer, randomise
+from tools.reference_mhcf import dense_adjacency  # the released N x N adjacency, built from its definition
 
 MODALITIES = ("RGB", "NI", "TI")
 EDGES = (("RGB", "NI"), ("NI", "TI"), ("TI", "RGB"))
-
-
-def dense_adjacency(h: int, w: int) -> torch.Tensor:
-    """8-neighbour adjacency of the h x w grid, weight 1 / distance, rows divided by (sum + 1e-8)."""
-    adj = torch.zeros(h * w, h * w)
-    for i in range(h):
-        for j in range(w):
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    if (di or dj) and 0 <= i + di < h and 0 <= j + dj < w:
-                        adj[i * w + j, (i + di) * w + j + dj] = 1 / math.sqrt(di * di + dj * dj)
-    return adj / (adj.sum(1, keepdim=True) + 1e-8)
 
 
 def _linear(gen, out_dim: int, in_dim: int, prefix: str) -> dict[str, torch.Tensor]:

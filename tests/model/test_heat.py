@@ -1,10 +1,10 @@
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from model.heat import HeatConductionOperator, HeatCycle, heat_diffuse, stencil_average
+from tools.reference_mhcf import dense_adjacency
 
 
 def neumann_laplacian(h: int, w: int) -> np.ndarray:
@@ -76,14 +76,7 @@ def test_heat_diffuse_runs_in_float32_under_autocast():
 
 def test_stencil_average_equals_dense_adjacency():
     h, w, c = 5, 4, 3
-    adj = np.zeros((h * w, h * w))
-    for i in range(h):
-        for j in range(w):
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    if (di or dj) and 0 <= i + di < h and 0 <= j + dj < w:
-                        adj[i * w + j, (i + di) * w + j + dj] = 1 / math.hypot(di, dj)
-    adj /= adj.sum(1, keepdims=True) + 1e-8
+    adj = dense_adjacency(h, w).double().numpy()  # the released operator's matrix, built entry by entry
     x = torch.randn(2, h, w, c, dtype=torch.float64)
     expected = np.einsum("nm,bmc->bnc", adj, x.reshape(2, h * w, c).numpy()).reshape(2, h, w, c)
     np.testing.assert_allclose(stencil_average(x.float()).numpy(), expected, atol=1e-6)
