@@ -17,6 +17,7 @@ timm's forward), and only for plain attention (no mask, dropout, q/k norms or ga
 
 import functools
 import logging
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
-__all__ = ["FastAttention", "batched_matmul", "fast_attention_available", "fast_path"]
+__all__ = ["FastAttention", "batched_matmul", "fast_attention_available", "fast_path", "kernels_agree"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,21 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.view(G, m, b.shape[2])                                           # (G, m, n)
 
 
+def kernels_agree(what: str, reference: str,
+                  results: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> bool:
+    """Whether kernels compute what they should on a small probe: ``results()`` gives (float32 kernel output,
+    float64 ``reference`` value) pairs, compared to 1e-4. A kernel error or a disagreement is logged as a
+    warning naming ``what``, and the caller keeps PyTorch's kernels."""
+    try:
+        ok = all(torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4) for got, want in results())
+    except RuntimeError as err:
+        logger.warning("%s unavailable, using PyTorch's (%s)", what, str(err).partition("\n")[0] or type(err).__name__)
+        return False
+    if not ok:
+        logger.warning("%s disagree with %s on this machine, using PyTorch's", what, reference)
+    return ok
+
+
 @functools.cache
 def fast_attention_available() -> bool:
     """True when oneDNN's convolution is present and :func:`batched_matmul` computes, on a small probe, what
@@ -62,15 +78,8 @@ def fast_attention_available() -> bool:
         return False
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((3, 5, 7), (3, 7, 9)))
-    try:
-        ok = torch.allclose(batched_matmul(a.float(), b.float()).double(), a @ b, rtol=1e-4, atol=1e-4)
-    except RuntimeError as err:
-        logger.warning("oneDNN convolution unavailable, attention by PyTorch's kernel (%s)",
-                       str(err).partition("\n")[0] or type(err).__name__)
-        return False
-    if not ok:
-        logger.warning("oneDNN convolution disagrees with torch.bmm on this machine, attention by PyTorch's kernel")
-    return ok
+    return kernels_agree("oneDNN batched products", "torch.bmm",
+                         lambda: [(batched_matmul(a.float(), b.float()), a @ b)])
 
 
 def _heads(x: torch.Tensor, part: int, scale: float = 1.0) -> torch.Tensor:

@@ -18,7 +18,6 @@ stock PyTorch path of the same module.
 """
 
 import functools
-import logging
 import math
 
 import torch
@@ -28,14 +27,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .attention import FastAttention, fast_attention_available, fast_path
+from .attention import FastAttention, fast_attention_available, fast_path, kernels_agree
 
 __all__ = ["OneDNNLinear", "QuickGELUMlp", "onednn_available", "use_onednn"]
 
 #: QuickGELU's slope: ``quick_gelu(y) = y * sigmoid(QUICK_GELU_SLOPE * y)``.
 QUICK_GELU_SLOPE = 1.702
-
-logger = logging.getLogger(__name__)
 
 
 def _kernels_present() -> bool:
@@ -89,18 +86,12 @@ def onednn_available() -> bool:
         return False
     gen = torch.Generator().manual_seed(0)
     x, w, grad = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((37, 19), (11, 19), (37, 11)))
-    try:
-        y = _matmul_nt(x.float(), w.float())
+
+    def results():
         grad_w, grad_b = _grad_weight_bias(grad.float(), x.float(), True)
-    except RuntimeError as err:
-        logger.warning("oneDNN kernels unavailable, using PyTorch's (%s)",
-                       str(err).partition("\n")[0] or type(err).__name__)
-        return False
-    ok = all(torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4)
-             for a, b in ((y, x @ w.T), (grad_w, grad.T @ x), (grad_b, grad.sum(0))))
-    if not ok:
-        logger.warning("oneDNN kernels disagree with torch.mm on this machine, using PyTorch's")
-    return ok
+        return [(_matmul_nt(x.float(), w.float()), x @ w.T), (grad_w, grad.T @ x), (grad_b, grad.sum(0))]
+
+    return kernels_agree("oneDNN kernels", "torch.mm", results)
 
 
 class _LinearFn(torch.autograd.Function):

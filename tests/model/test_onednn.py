@@ -139,7 +139,7 @@ def test_onednn_available_probes_the_kernels(monkeypatch, caplog):
                             (lambda *a, **k: real(*a, **k) * 1.01, "disagree with torch.mm")):
         monkeypatch.setattr(onednn, "_matmul_nt", broken)
         onednn.onednn_available.cache_clear()
-        with caplog.at_level("WARNING", logger="model.onednn"):
+        with caplog.at_level("WARNING", logger="model.attention"):
             assert not onednn.onednn_available()
         assert message in caplog.text
         model = nn.Sequential(nn.Linear(4, 4))
