@@ -3,8 +3,14 @@
 ``TEST.MISS all`` sweeps the missing-modality settings; results go to ``OUTPUT_DIR/test_results.json``.
 """
 
-from processor import test
-from utils.cli import run_cli
+from processor.cli import run_cli
+
+
+def main(cfg):
+    from processor.tester import test  # after the config is read: a config mistake costs no torch import
+
+    return test(cfg)
+
 
 if __name__ == "__main__":
-    run_cli(test, "Evaluate an MHCF checkpoint (ours or the authors' released one)")
+    run_cli(main, "Evaluate an MHCF checkpoint (ours or the authors' released one)")

@@ -3,8 +3,14 @@
 Distributed: ``torchrun --nproc_per_node N train.py --config_file ...``.
 """
 
-from processor import train
-from utils.cli import run_cli
+from processor.cli import run_cli
+
+
+def main(cfg):
+    from processor.trainer import train  # after the config is read: a config mistake costs no torch import
+
+    return train(cfg)
+
 
 if __name__ == "__main__":
-    run_cli(train, "Train MHCF (Multi-modal Heat Cycle Fusion) for multi-modal re-identification")
+    run_cli(main, "Train MHCF (Multi-modal Heat Cycle Fusion) for multi-modal re-identification")

@@ -7,7 +7,9 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
+from utils.modalities import initial, setting_error
 
+from .authors import resolve_alias
 from .defaults import _C
 
 __all__ = ["get_default_config", "load_config", "merge_overrides"]
@@ -54,17 +56,34 @@ def _coerce(value, default, key: str, origin: str):
     )
 
 
-def _merge_dict(cfg: CN, values: dict, origin: str, prefix: str = "") -> None:
+def _set(root: CN, key: str, value, origin: str) -> None:
+    """Set the leaf ``key`` (dotted; one of the authors' names is read as ours) to ``value``, converted to the
+    type of its default; a UserError naming ``key`` and ``origin`` otherwise."""
+    alias = resolve_alias(key)
+    if alias is not None:
+        key, convert = alias
+    node = root
+    *parents, leaf = key.split(".")
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], CN):
+            raise UserError(f"{origin}: unknown config key {'.'.join(parents[: i + 1])}")
+        node = node[part]
+    if leaf not in node:
+        raise UserError(f"{origin}: unknown config key {key}")
+    if isinstance(node[leaf], CN):
+        raise UserError(f"{origin}: {key} is a section, got {value!r}")
+    value = _coerce(value, node[leaf], key, origin)
+    node[leaf] = convert(value) if alias is not None else value
+
+
+def _merge_dict(root: CN, values: dict, origin: str, prefix: str = "") -> None:
+    """Merge a YAML mapping (sections of sections of values) into ``root``."""
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if name not in cfg:
-            raise UserError(f"{origin}: unknown config key {key}")
-        if isinstance(cfg[name], CN):
-            if not isinstance(value, dict):
-                raise UserError(f"{origin}: {key} is a section, got {value!r}")
-            _merge_dict(cfg[name], value, origin, key + ".")
+        if isinstance(value, dict):
+            _merge_dict(root, value, origin, key + ".")
         else:
-            cfg[name] = _coerce(value, cfg[name], key, origin)
+            _set(root, key, value, origin)
 
 
 def _parse_value(text: str):
@@ -80,15 +99,7 @@ def merge_overrides(cfg: CN, opts: list[str]) -> None:
     if len(opts) % 2:
         raise UserError(f"command line: overrides come as KEY VALUE pairs, {opts[-1]!r} has no value")
     for key, text in zip(opts[0::2], opts[1::2]):
-        node = cfg
-        *parents, leaf = key.split(".")
-        for i, part in enumerate(parents):
-            if part not in node or not isinstance(node[part], CN):
-                raise UserError(f"command line: unknown config key {'.'.join(parents[: i + 1])}")
-            node = node[part]
-        if leaf not in node or isinstance(node[leaf], CN):
-            raise UserError(f"command line: unknown config key {key}")
-        node[leaf] = _coerce(_parse_value(text), node[leaf], key, "command line")
+        _set(cfg, key, _parse_value(text), "command line")
 
 
 def _validate(cfg: CN) -> None:
@@ -115,14 +126,12 @@ def _validate(cfg: CN) -> None:
         size = cfg.INPUT[key.split(".")[1]]
         if len(size) != 2 or min(size) <= 0:
             raise UserError(f"config: {key} must be [height, width] in pixels, got {list(size)}")
-    miss = cfg.TEST.MISS
-    initials = {m[0].lower() for m in mods}
-    if miss not in ("none", "all") and (not set(miss) <= initials or len(set(miss)) != len(miss)
-                                        or len(miss) >= len(mods)):
-        raise UserError(
-            f"config: TEST.MISS must be 'none', 'all' or a combination of {''.join(sorted(initials))} "
-            f"leaving at least one modality; got {miss!r}"
-        )
+    if len({initial(m) for m in mods}) != len(mods):
+        raise UserError(f"config: the MODEL.MODALITIES {mods} must start with distinct letters (TEST.MISS names "
+                        f"missing modalities by their initials)")
+    problem = setting_error(cfg.TEST.MISS, mods)
+    if problem:
+        raise UserError(f"config: TEST.MISS {problem}")
 
 
 def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:

@@ -16,7 +16,7 @@ _C.MODEL = CN()
 # Under torchrun each process uses the CUDA device of its LOCAL_RANK.
 _C.MODEL.DEVICE = "auto"
 # Backbone architecture (see model/backbone.py ARCHS): "ViT-B-16" is CLIP's ViT-B/16 (the paper);
-# "ViT-Mini-8" is a small CLIP-style ViT (patch 8, 192-d, 4 blocks) for the Synthetic demo and tests.
+# "ViT-Mini-8" is a small CLIP-style ViT (patch 8, 128-d, 4 blocks, 4 heads) for the Synthetic demo and tests.
 _C.MODEL.NAME = "ViT-B-16"
 # Backbone weights: "openai" downloads OpenAI's ViT-B-16.pt once (SHA256-verified) into
 # MODEL.PRETRAIN_CACHE; a path reads a local OpenAI checkpoint (TorchScript archive or state dict with
@@ -28,11 +28,14 @@ _C.MODEL.PRETRAIN_CACHE = ""
 _C.MODEL.MODALITIES = ["RGB", "NI", "TI"]
 # True: one backbone shared by all modalities, run as one batch (MHCF). False: one backbone per modality.
 _C.MODEL.SHARED_BACKBONE = True
-# True: only the three fused heads (ori, heat_cls, heat_pat) are trained, as the authors' person configs.
-# False: one extra BNNeck head per modality on its backbone class token (the authors' vehicle configs).
-_C.MODEL.DIRECT = True
-# True: soft-margin triplet loss (log(1 + exp(d_ap - d_an))); False: margin SOLVER.MARGIN.
-_C.MODEL.NO_MARGIN = False
+# True: one extra BNNeck head (ID + triplet loss) per modality on its backbone class token, besides the three
+# fused heads (ori, heat_cls, heat_pat): the authors' vehicle configs. False: the three fused heads only (their
+# person configs). The authors' configs call it MODEL.DIRECT, with the opposite meaning (DIRECT True = False
+# here); that name is accepted as an alias (config/authors.py).
+_C.MODEL.MODALITY_HEADS = False
+# True: soft-margin triplet loss log(1 + exp(d_ap - d_an)) (no margin to set); False: hinge loss
+# max(0, d_ap - d_an + SOLVER.MARGIN). The authors' name MODEL.NO_MARGIN is accepted as an alias.
+_C.MODEL.SOFT_MARGIN = False
 # Weight of every ID (label-smoothed cross-entropy) loss term.
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
 # Weight of every triplet loss term.
@@ -48,29 +51,30 @@ _C.MODEL.SYNC_BN = False
 # Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 # On CPU in float32: run the linear layers, the CLIP MLPs and the ViT's attention through oneDNN
-# (model/onednn.py, model/attention.py), about twice the speed of the default BLAS on CPUs where it lacks
-# AVX-512 kernels; same numbers up to float rounding.
-# No effect on GPU, under autocast (SOLVER.AMP) or with MODEL.COMPILE.
+# (accel/onednn.py, accel/attention.py): on CPUs where PyTorch's default BLAS takes a slower code path (AMD
+# CPUs with AVX-512, for one) about twice as fast; same numbers up to float rounding. Applied by the runners
+# on CPU only: no effect on GPU, under autocast (SOLVER.AMP) or with MODEL.COMPILE.
 _C.MODEL.ONEDNN = True
 
-# Heat conduction between modalities (DESIGN §4).
+# Heat conduction between modalities (docs/heat_operator.md).
 _C.MODEL.HEAT = CN()
-# Diffusion of step 3: "dct" (exact Neumann heat kernel, DESIGN §4.1-4.2) or "stencil" (the authors'
-# released operator, DESIGN §4.4, needed to evaluate their checkpoints).
+# Diffusion of step 3: "dct" (the exact Neumann heat kernel in the DCT domain) or "stencil" (the authors'
+# released operator, needed to evaluate their checkpoints); docs/heat_operator.md has both.
 _C.MODEL.HEAT.DIFFUSION = "dct"
 # Order of the modality cycle: edges ORDER[0]->ORDER[1]->...->ORDER[-1]->ORDER[0] (a permutation of
 # MODEL.MODALITIES).
 _C.MODEL.HEAT.ORDER = ["RGB", "NI", "TI"]
 # Number of heat cycles (the paper uses 3).
 _C.MODEL.HEAT.NUM_CYCLES = 3
-# True: one operator's weights serve every edge and cycle (the authors' code). False: one operator per edge.
+# True: one operator's weights serve every edge and cycle (the authors' code). False: one operator per edge
+# and cycle (NUM_CYCLES x the number of modalities operators).
 _C.MODEL.HEAT.SHARE_OPERATOR = True
 # Initial value of alpha (class<->patch conduction strength) and beta (cross-modal patch heat).
 _C.MODEL.HEAT.ALPHA = 0.3
 _C.MODEL.HEAT.BETA = 0.2
 # Diffusion time tau of the dct operator (dimensionless; one unit = one grid-Laplacian time step).
 _C.MODEL.HEAT.TAU = 1.0
-# Learn tau (through its logarithm) together with the network.
+# Learn tau (through its logarithm) together with the network (dct only).
 _C.MODEL.HEAT.LEARN_TAU = True
 # Initial per-channel conductivity k_t = softplus(theta_t) of every target modality (dct only).
 _C.MODEL.HEAT.INIT_CONDUCTIVITY = 0.05
@@ -82,8 +86,8 @@ _C.INPUT = CN()
 # Image size [H, W] in pixels for training and test (persons 256x128, vehicles 128x256).
 _C.INPUT.SIZE_TRAIN = [256, 128]
 _C.INPUT.SIZE_TEST = [256, 128]
-# Probability of a horizontal flip.
-_C.INPUT.PROB = 0.5
+# Probability of a horizontal flip (the authors' name INPUT.PROB is accepted as an alias).
+_C.INPUT.FLIP_PROB = 0.5
 # Probability of random erasing (area 2-33% of the image, aspect 0.3-3.3, random pixel values).
 _C.INPUT.RE_PROB = 0.5
 # Zero padding in pixels before the random crop back to SIZE_TRAIN.
@@ -139,7 +143,7 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.MAX_EPOCHS = 40
 # Samples per training batch, summed over all processes (each sample has every modality).
 _C.SOLVER.IMS_PER_BATCH = 64
-# Triplet loss margin (ignored when MODEL.NO_MARGIN).
+# Triplet loss margin (ignored when MODEL.SOFT_MARGIN).
 _C.SOLVER.MARGIN = 0.8
 # Learning-rate schedule per epoch: "cosine" or "multistep".
 _C.SOLVER.SCHEDULER = "cosine"
@@ -186,7 +190,7 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Also measure modal bias at every evaluation during training (processor/analysis.py, as
+# Also measure modal bias at every evaluation during training (processor/modal_bias.py, as
 # tools/modal_bias.py: retrieval per modality subset, modality gap through the heat cycles, energy
 # shares, conductivities and gates) and log it to TensorBoard under "bias/". Costs one more pass over the
 # test set and the missing-modality sweep.

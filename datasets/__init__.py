@@ -3,7 +3,7 @@
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
-from .loader import ImageDataset, make_test_loader, make_train_loader
+from .loader import TransformedSamples, make_test_loader, make_train_loader
 from .market_mm import MarketMM
 from .msvr310 import MSVR310
 from .rgbnt100 import RGBNT100
@@ -14,7 +14,7 @@ DATASETS: dict[str, type[MultiModalDataset]] = {
     cls.name: cls for cls in (RGBNT201, MarketMM, RGBNT100, MSVR310, Synthetic)
 }
 
-__all__ = ["DATASETS", "ImageDataset", "MultiModalDataset", "Sample", "make_dataset", "make_test_loader",
+__all__ = ["DATASETS", "MultiModalDataset", "Sample", "TransformedSamples", "make_dataset", "make_test_loader",
            "make_train_loader"]
 
 

@@ -1,7 +1,7 @@
 """What every multi-modal ReID benchmark shares: records, discovery, checks, relabelling, statistics.
 
 A benchmark is one small subclass of :class:`MultiModalDataset` declaring its folder names, the
-sub-folder of each modality, a file-name parser and its evaluation protocol (DATASETS.md).
+sub-folder of each modality, a file-name parser and its evaluation protocol (docs/datasets.md).
 """
 
 import logging

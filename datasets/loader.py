@@ -37,7 +37,7 @@ def _seeded(seed: int):
         torch.set_rng_state(torch_state)
 
 
-class ImageDataset(Dataset):
+class TransformedSamples(Dataset):
     """Items are dicts ``{modality: 3xHxW tensor, "pid", "camid", "sceneid", "index"}``.
 
     Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation).
@@ -86,7 +86,7 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
     """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
     size = cfg.INPUT.SIZE_TRAIN
     transform = build_image_transform(True, size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-                                      flip_prob=cfg.INPUT.PROB, padding=cfg.INPUT.PADDING,
+                                      flip_prob=cfg.INPUT.FLIP_PROB, padding=cfg.INPUT.PADDING,
                                       erase_prob=cfg.INPUT.RE_PROB)
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     identities = batch_size // instances
@@ -96,7 +96,7 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
     if identities > dataset.num_train_pids:
         raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch, "
                         f"but {dataset.name} has only {dataset.num_train_pids} training identities")
-    data = ImageDataset(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
+    data = TransformedSamples(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
                         cache=cfg.DATALOADER.CACHE)
     sampler = IdentitySampler([s.pid for s in dataset.train], batch_size, instances, seed=cfg.SOLVER.SEED,
                               num_replicas=world_size, rank=rank)
@@ -108,5 +108,5 @@ def make_test_loader(cfg: CfgNode, dataset: MultiModalDataset, samples: Sequence
                      pin_memory: bool = False) -> DataLoader:
     """Sequential loader over ``samples`` with the test transform."""
     transform = build_image_transform(False, cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
-    data = ImageDataset(dataset, samples, MultiModalTransform(transform), cache=cfg.DATALOADER.CACHE)
+    data = TransformedSamples(dataset, samples, MultiModalTransform(transform), cache=cfg.DATALOADER.CACHE)
     return DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg, pin_memory))

@@ -1,4 +1,4 @@
-"""Per-modality image transforms (DATASETS.md) and their multi-modal wrapper.
+"""Per-modality image transforms (docs/datasets.md) and their multi-modal wrapper.
 
 Train: resize (bicubic) -> flip -> pad -> random crop -> normalise -> random erasing (timm, pixel mode).
 Test: resize (bilinear, as the reference code, so released checkpoints reproduce) -> normalise.
@@ -11,6 +11,8 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 from timm.data.random_erasing import RandomErasing
+
+__all__ = ["MultiModalTransform", "build_image_transform"]
 
 
 def build_image_transform(train: bool, size: Sequence[int], mean: Sequence[float], std: Sequence[float],

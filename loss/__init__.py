@@ -25,7 +25,7 @@ def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.T
 
 def make_loss(cfg: CfgNode, num_classes: int) -> Callable[..., dict[str, torch.Tensor]]:
     """``loss_fn(outputs, pids) -> {name: scalar}`` as configured (``num_classes`` kept for the interface)."""
-    margin = None if cfg.MODEL.NO_MARGIN else cfg.SOLVER.MARGIN
+    margin = None if cfg.MODEL.SOFT_MARGIN else cfg.SOLVER.MARGIN
 
     def loss_fn(outputs, pids):
         return reid_losses(outputs, pids, margin=margin, label_smoothing=cfg.MODEL.LABEL_SMOOTHING,

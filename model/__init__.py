@@ -1,25 +1,27 @@
-"""Model package: :func:`make_model` maps the config onto the MHCF modules."""
+"""Model package: the MHCF method and its weight I/O.
 
-import logging
+:func:`make_model` maps the config onto the MHCF modules; :func:`load_model` builds the configured model and
+loads a checkpoint of ours or of the authors' release into it (:mod:`model.checkpoint`). The modules are
+plain PyTorch / timm modules on every device; the CPU fast path lives in :mod:`accel`.
+"""
 
 from torch import nn
 from yacs.config import CfgNode
 
 from .backbone import ClipViT, build_clip_vit
+from .checkpoint import Checkpoint, checkpoint_record, read_checkpoint
 from .heat import HeatCycle, heat_diffuse
 from .mhcf import MHCF
-from .onednn import use_onednn
 
-__all__ = ["MHCF", "ClipViT", "HeatCycle", "build_clip_vit", "heat_diffuse", "make_model"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MHCF", "Checkpoint", "ClipViT", "HeatCycle", "build_clip_vit", "checkpoint_record", "heat_diffuse",
+           "load_model", "make_model", "read_checkpoint"]
 
 
 def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretrained: bool = True) -> MHCF:
-    """MHCF as the config describes it.
+    """MHCF as the config describes it, with ``num_classes`` training identities.
 
-    ``num_cameras`` is accepted for interface compatibility with CLIP-ReID forks; MHCF uses no camera
-    embedding. ``load_pretrained=False`` skips the backbone weights (the caller loads a whole model).
+    ``num_cameras`` is part of the interface of CLIP-ReID forks; MHCF has no camera embedding and ignores it.
+    ``load_pretrained=False`` skips the backbone's CLIP weights (the caller loads a whole model).
     """
     pretrained = cfg.MODEL.PRETRAIN_PATH if load_pretrained else None
 
@@ -35,5 +37,12 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
     heat = HeatCycle(h.ORDER, first.embed_dim, first.grid_size, num_cycles=h.NUM_CYCLES,
                      share_operator=h.SHARE_OPERATOR, diffusion=h.DIFFUSION, alpha=h.ALPHA, beta=h.BETA,
                      tau=h.TAU, learn_tau=h.LEARN_TAU, init_conductivity=h.INIT_CONDUCTIVITY)
-    model = MHCF(encoder, heat, modalities, num_classes, direct=cfg.MODEL.DIRECT, neck_feat=cfg.TEST.NECK_FEAT)
-    return use_onednn(model) if cfg.MODEL.ONEDNN else model
+    return MHCF(encoder, heat, modalities, num_classes, modality_heads=cfg.MODEL.MODALITY_HEADS,
+                neck_feat=cfg.TEST.NECK_FEAT)
+
+
+def load_model(cfg: CfgNode, checkpoint: Checkpoint) -> MHCF:
+    """The configured model with the weights of ``checkpoint`` (ours or the authors' release), on the CPU."""
+    model = make_model(cfg, checkpoint.num_classes, load_pretrained=False)
+    checkpoint.load_into(model)
+    return model

@@ -1,4 +1,4 @@
-"""CLIP vision transformer backbones (DESIGN §3), built with timm at the ReID input size."""
+"""CLIP vision transformer backbones built with timm at the ReID input size."""
 
 import logging
 from collections.abc import Sequence
@@ -7,6 +7,8 @@ from functools import partial
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+__all__ = ["ARCHS", "ClipViT", "build_clip_vit"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def build_clip_vit(img_size: Sequence[int] = (256, 128), pretrained: str | None 
     ``cache_dir``, SHA256-verified)."""
     model = ClipViT(arch, img_size, drop_path)
     if pretrained:
-        from .clip_weights import load_openai_weights
+        from .clip import load_openai_weights
 
         load_openai_weights(model, pretrained, cache_dir=cache_dir)
     if grad_ckpt:

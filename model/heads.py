@@ -1,4 +1,4 @@
-"""BNNeck heads (DESIGN §4.5): batch norm with a frozen bias, then a bias-free classifier."""
+"""BNNeck heads: batch norm with a frozen bias, then a bias-free classifier."""
 
 import torch
 from torch import nn

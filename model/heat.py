@@ -1,10 +1,10 @@
-"""Heat conduction between modalities (DESIGN §4).
+"""Heat conduction between modalities (docs/heat_operator.md).
 
 - :func:`heat_diffuse`: the exact heat kernel of the H x W token grid with insulated borders, applied in
-  the DCT domain (§4.1).
-- :class:`HeatConductionOperator`: one cross-modal heat conduction operator (CMHCO) source -> target (§4.2),
-  with the authors' released variant (``diffusion="stencil"``, §4.4).
-- :class:`HeatCycle`: the operator applied around the cycle of modalities, several times (§4.3).
+  the DCT domain.
+- :class:`HeatConductionOperator`: one cross-modal heat conduction operator (CMHCO) source -> target,
+  with the authors' released variant (``diffusion="stencil"``).
+- :class:`HeatCycle`: the operator applied around the cycle of modalities, several times.
 """
 
 import math
@@ -70,7 +70,7 @@ def _diffuse_channels_last(x: torch.Tensor, k: torch.Tensor, t: torch.Tensor | f
 
 
 def heat_diffuse(x: torch.Tensor, k: torch.Tensor | float, t: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """Exact heat flow on the H x W grid with insulated (Neumann) borders (DESIGN §4.1).
+    """Exact heat flow on the H x W grid with insulated (Neumann) borders.
 
     ``x`` is (B, C, H, W); ``k`` (conductivity, >= 0) broadcasts to (B, C); ``t`` is the time. Returns
     ``expm(-k t L) x`` per channel, L the 4-neighbour graph Laplacian of the grid, computed as
@@ -125,7 +125,8 @@ def _mlp(dims: Sequence[int]) -> nn.Sequential:
 
 
 class HeatConductionOperator(nn.Module):
-    """CMHCO, source modality s -> target modality t (DESIGN §4.2; §4.4 for ``diffusion="stencil"``).
+    """CMHCO, source modality s -> target modality t (the released variant with ``diffusion="stencil"``;
+    docs/heat_operator.md has both).
 
     Class token ``c`` (B, C) and patches ``P`` (B, N, C) of both modalities in; the target's updated class
     token and patches out, plus the predicted conductivity ``kappa`` (B,), interaction gate ``g`` (B,)

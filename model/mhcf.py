@@ -19,22 +19,22 @@ class MHCF(nn.Module):
     ``backbone`` is one encoder shared by all modalities (run as one batch) or a ModuleDict with one per
     modality. In training ``forward(batch)`` returns ``{"features": {name: (B, D)}, "logits": {name: (B,
     classes)}, "heat_stats": {edge/stat: scalar}}`` with names ``ori``, ``heat_cls``, ``heat_pat`` (+ one per
-    modality when ``direct`` is False); in eval it returns the test feature ``cat(ori, heat_cls, heat_pat)``
+    modality with ``modality_heads``); in eval it returns the test feature ``cat(ori, heat_cls, heat_pat)``
     (B, 3 * M * C), taken before or after the BNNecks (``neck_feat``).
     """
 
     def __init__(self, backbone: ClipViT | nn.ModuleDict, heat: HeatCycle, modalities: Sequence[str],
-                 num_classes: int, direct: bool = True, neck_feat: str = "before"):
+                 num_classes: int, modality_heads: bool = False, neck_feat: str = "before"):
         super().__init__()
         self.modalities = list(modalities)
         self.backbone = backbone
         self.heat = heat
-        self.direct = direct
+        self.modality_heads = modality_heads
         self.neck_feat = neck_feat
         dim = self.encoder(self.modalities[0]).embed_dim
         fused = len(self.modalities) * dim
         heads = {name: BNNeck(fused, num_classes) for name in TEST_FEATURES}
-        if not direct:
+        if modality_heads:
             heads.update({m: BNNeck(dim, num_classes) for m in self.modalities})
         self.heads = nn.ModuleDict(heads)
         self.feature_dim = len(TEST_FEATURES) * fused
@@ -62,7 +62,7 @@ class MHCF(nn.Module):
             "heat_cls": torch.cat([heat.cls[m] for m in self.modalities], dim=1),
             "heat_pat": torch.cat([heat.patches[m].mean(1) for m in self.modalities], dim=1),
         }
-        if not self.direct:
+        if self.modality_heads:
             features.update({m: tokens[m][:, 0] for m in self.modalities})
         return features, heat
 

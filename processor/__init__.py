@@ -1,6 +1,6 @@
-"""Runners: training (:func:`train`) and evaluation (:func:`test`) of a config."""
+"""Runners: training (:mod:`processor.trainer`, ``train.py``) and evaluation (:mod:`processor.tester`,
+``test.py``), with what they share: devices, distributed helpers, feature extraction and evaluation, results
+records, the modal-bias report and the training state of ``last.pth``.
 
-from .inference import test
-from .trainer import train
-
-__all__ = ["test", "train"]
+Import the module you need: ``test.py`` does not load the training stack (TensorBoard, DDP).
+"""

@@ -11,8 +11,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from utils.allocator import tune_glibc_malloc
-from utils.errors import UserError
+from .device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +32,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """MODEL.DEVICE -> device: "auto" picks CUDA when present; under torchrun each process takes the CUDA
-    device of its LOCAL_RANK. On CPU, glibc's malloc is set to keep freed activation buffers for reuse
-    (:func:`utils.allocator.tune_glibc_malloc`)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"MODEL.DEVICE is {name!r} but CUDA is not available here; use MODEL.DEVICE cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    elif device.type == "cpu":
-        tune_glibc_malloc()
-    return device
 
 
 def init_distributed(device_name: str) -> DistInfo:

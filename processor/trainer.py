@@ -7,7 +7,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -18,23 +17,14 @@ from yacs.config import CfgNode
 
 from datasets import make_dataset, make_train_loader
 from loss import make_loss
-from model import MHCF, make_model
+from model import MHCF, checkpoint_record, make_model, read_checkpoint
 from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
+from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import setup_logging
 
-from .analysis import analyse_modal_bias, log_modal_bias
-from .checkpoint import (
-    FORMAT,
-    atomic_save,
-    load_weights,
-    model_checkpoint,
-    read_checkpoint,
-    remove_stale_temporaries,
-    rng_state,
-    set_rng_state,
-)
+from .device import autocast_context, batch_to, prepare_model
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -44,16 +34,12 @@ from .distributed import (
     main_process_first,
     run_on_main,
 )
-from .inference import batch_to, evaluate, format_results, results_record, write_results
+from .evaluation import evaluate
+from .modal_bias import analyse_modal_bias, log_modal_bias
+from .results import format_results, results_record, write_results
+from .state import remove_stale_temporaries, rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
-
-
-def autocast_context(device: torch.device, amp: str):
-    """Autocast of the training step for SOLVER.AMP ("off", "fp16", "bf16") on ``device``."""
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -85,9 +71,7 @@ class Trainer:
         self.out = cfg.OUTPUT_DIR
         setup_logging(self.out, "train.log", info.is_main)
         if info.is_main:
-            os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
+            atomic_write_text(os.path.join(self.out, "config.yaml"), cfg.dump())
         logger.info("running with config:\n%s", cfg.dump())
         if info.is_main:
             for name in remove_stale_temporaries(self.out):
@@ -97,7 +81,7 @@ class Trainer:
         with main_process_first(info):  # the first process generates / downloads what the others then read
             self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
             self.num_classes = self.dataset.num_train_pids
-            self.model = make_model(cfg, self.num_classes, self.dataset.num_cameras).to(self.device)
+            self.model = prepare_model(make_model(cfg, self.num_classes), cfg, self.device)
         logger.info("%s", parameter_summary(self.model, cfg.INPUT.SIZE_TRAIN))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
@@ -135,25 +119,26 @@ class Trainer:
         if not os.path.isfile(self.last_path):
             logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
             return 0
-        state = read_checkpoint(self.last_path)
-        if state.get("format") != FORMAT or "optimizer" not in state:
+        checkpoint = read_checkpoint(self.last_path)
+        training = checkpoint.training or {}
+        if checkpoint.epoch is None or "optimizer" not in training:
             raise UserError(f"{self.last_path} holds no training state to resume from")
-        load_weights(self.model, state["model"], self.last_path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        logger.info("resumed from %s after epoch %d", self.last_path, state["epoch"])
-        return int(state["epoch"])
+        checkpoint.load_into(self.model)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        set_rng_state(training["rng"])
+        logger.info("resumed from %s after epoch %d", self.last_path, checkpoint.epoch)
+        return int(checkpoint.epoch)
 
     def _save_last(self, epoch: int) -> None:
-        state = model_checkpoint(self.model, self.num_classes, self.cfg.dump(), epoch)
+        state = checkpoint_record(self.model, self.num_classes, self.cfg.dump(), epoch)
         state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), rng=rng_state())
         atomic_save(state, self.last_path)
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
         if period and epoch % period == 0:
-            atomic_save(model_checkpoint(self.model, self.num_classes, self.cfg.dump(), epoch),
+            atomic_save(checkpoint_record(self.model, self.num_classes, self.cfg.dump(), epoch),
                         os.path.join(self.out, f"model_epoch{epoch:03d}.pth"))
 
     # --- loop ---------------------------------------------------------------------------------------------
@@ -188,7 +173,7 @@ class Trainer:
         """Main process: save model_final.pth, evaluate the final epoch (the reported result)."""
         cfg, max_epochs = self.cfg, self.cfg.SOLVER.MAX_EPOCHS
         final = os.path.join(self.out, "model_final.pth")
-        atomic_save(model_checkpoint(self.model, self.num_classes, cfg.dump(), max_epochs), final)
+        atomic_save(checkpoint_record(self.model, self.num_classes, cfg.dump(), max_epochs), final)
         logger.info("saved %s", final)
         results = self._evaluate(max_epochs)
         record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,

@@ -1,6 +1,9 @@
-"""Shared fixtures: a miniature RGBNT201-layout tree and a tiny config that trains in seconds on CPU."""
+"""Shared fixtures: a miniature RGBNT201-layout tree, a tiny config that trains in seconds on CPU, and one
+training run of it shared by the end-to-end tests."""
 
+import logging
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -37,3 +40,44 @@ def tiny_config(root: str, output_dir: str, *opts, freeze: bool = True):
             "SOLVER.MAX_EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.LOG_PERIOD", "1",
             "TEST.IMS_PER_BATCH", "32"]
     return load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), base + list(opts), freeze=freeze)
+
+
+@contextmanager
+def kept_logging():
+    """train() and test() configure the root logger for their run; give pytest its handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_root, tmp_path_factory) -> str:
+    """The output folder of one ``train()`` of the tiny config, shared by the end-to-end tests: 2 epochs,
+    evaluated (with the modal-bias report) after each, a snapshot per epoch, started in a folder holding
+    the temporary file of a save killed before its rename. Tests read it; none may write into it."""
+    from processor.trainer import train
+
+    out = str(tmp_path_factory.mktemp("trained") / "run")
+    cfg = tiny_config(tiny_root, out, "SOLVER.EVAL_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
+                      "TEST.MODAL_BIAS", "True")
+    os.makedirs(out)
+    with open(os.path.join(out, ".last.pth.k1ll3d.tmp"), "wb") as f:   # left by a run killed mid-save
+        f.write(b"PK partial")
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with kept_logging():
+            train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -6,8 +6,8 @@ same random L2-normalised features with realistic identities and cameras, each i
 that its peak memory is measured alone (peak resident set size after the features are loaded, minus the
 resident size before the evaluation).
 
-    python tools/bench_eval.py                      # 3,000 queries x 40,000 gallery x 512-d
-    python tools/bench_eval.py --queries 500 --gallery 5000
+    python -m tools.bench_eval                      # 3,000 queries x 40,000 gallery x 512-d
+    python -m tools.bench_eval --queries 500 --gallery 5000
 """
 
 import argparse
@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from utils.metrics import evaluate_features
+
+from .common import REPO, run_tool, tool_parser
 
 
 def make_features(folder: str, queries: int, gallery: int, dim: int, ids: int, cams: int, seed: int,
@@ -100,8 +101,8 @@ def worker(method: str, folder: str, chunk: int) -> dict:
             "mAP": mAP, "mINP": mINP, "rank1": float(cmc[0]), "rank10": float(cmc[9])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser("bench_eval", __doc__)
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--gallery", type=int, default=40000)
     parser.add_argument("--dim", type=int, default=512)
@@ -113,7 +114,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads of both evaluators (0: torch's default)")
     parser.add_argument("--worker", choices=("chunked", "full", "full-stable"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
@@ -125,9 +129,9 @@ def main() -> None:
               f"noise {args.noise}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
         runs = {}
         for method in ("full", "chunked", "full-stable"):
-            out = subprocess.run([sys.executable, __file__, "--worker", method, "--data", folder, "--chunk",
-                                  str(args.chunk), "--threads", str(args.threads)],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-m", "tools.bench_eval", "--worker", method, "--data", folder,
+                                  "--chunk", str(args.chunk), "--threads", str(args.threads)],
+                                 check=True, capture_output=True, text=True, cwd=REPO)
             runs[method] = json.loads(out.stdout.strip().splitlines()[-1])
     print("| evaluator | time (s) | CPU time (s) | peak memory (MiB) | mAP | Rank-1 | mINP |")
     print("|---|---|---|---|---|---|---|")
@@ -146,6 +150,11 @@ def main() -> None:
           f"|mAP difference| {abs(stable['mAP'] - chunked['mAP']):.1e}, "
           f"|mINP difference| {abs(stable['mINP'] - chunked['mINP']):.1e}, "
           f"Rank-1/Rank-10 equal: {stable['rank1'] == chunked['rank1'] and stable['rank10'] == chunked['rank10']}")
+
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training and input throughput of MHCF for a config, optionally side by side with the authors' structure.
 
-    python tools/benchmark.py --config_file configs/RGBNT201/MHCF.yml --batch 4 --baseline SOLVER.AMP off
+    python -m tools.benchmark --config_file configs/RGBNT201/MHCF.yml --batch 4 --baseline SOLVER.AMP off
 
 Measures, on the config's device (MODEL.DEVICE) with random weights and random images:
 
@@ -32,29 +32,26 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
+from yacs.config import CfgNode
 
-import torch  # noqa: E402
-from yacs.config import CfgNode  # noqa: E402
+from accel import onednn_available, tune_glibc_malloc
+from config import load_config
+from datasets import TransformedSamples, make_dataset
+from datasets.transforms import MultiModalTransform, build_image_transform
+from loss import make_loss
+from model import make_model
+from model.backbone import ARCHS
+from processor.device import autocast_context, prepare_model, resolve_device
+from solver import make_optimizer
+from utils.errors import UserError
+from utils.flops import count_flops, format_costs, model_costs
 
-from config import load_config  # noqa: E402
-from datasets import ImageDataset, make_dataset  # noqa: E402
-from datasets.transforms import MultiModalTransform, build_image_transform  # noqa: E402
-from loss import make_loss  # noqa: E402
-from model import make_model  # noqa: E402
-from model.backbone import ARCHS  # noqa: E402
-from model.onednn import onednn_available  # noqa: E402
-from processor.distributed import resolve_device  # noqa: E402
-from processor.trainer import autocast_context  # noqa: E402
-from solver import make_optimizer  # noqa: E402
-from tools.reference_mhcf import ReferenceMHCF  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.flops import count_flops, format_costs, model_costs  # noqa: E402
+from .common import REPO, run_tool, tool_parser
+from .reference_mhcf import ReferenceMHCF
 
 HEAD_NAMES = ("ori", "heat_cls", "heat_pat")  # the reference model's heads, in its order
 
@@ -138,12 +135,11 @@ class AlongsideMatmul:
 def build_model(cfg: CfgNode, variant: str, num_classes: int, device: torch.device) -> torch.nn.Module:
     """Our model (``"ours"``) or the authors' structure (``"baseline"``) at the config's sizes, random init."""
     if variant == "ours":
-        model = make_model(cfg, num_classes, load_pretrained=False)
-    else:
-        arch = ARCHS[cfg.MODEL.NAME]
-        model = ReferenceMHCF(num_classes, tuple(cfg.INPUT.SIZE_TRAIN), cfg.MODEL.MODALITIES,
-                              patch=arch["patch_size"], width=arch["embed_dim"], layers=arch["depth"],
-                              heads=arch["num_heads"])
+        return prepare_model(make_model(cfg, num_classes, load_pretrained=False), cfg, device).train()
+    arch = ARCHS[cfg.MODEL.NAME]
+    model = ReferenceMHCF(num_classes, tuple(cfg.INPUT.SIZE_TRAIN), cfg.MODEL.MODALITIES,
+                          patch=arch["patch_size"], width=arch["embed_dim"], layers=arch["depth"],
+                          heads=arch["num_heads"])
     return model.to(device).train()
 
 
@@ -234,7 +230,7 @@ def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device,
 
 def memory_in_subprocess(args: argparse.Namespace, variant: str) -> dict:
     """:func:`probe_memory` in a fresh interpreter, so each model's high-water mark is its own."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", variant, "--batch", str(args.batch),
+    cmd = [sys.executable, "-m", "tools.benchmark", "--probe", variant, "--batch", str(args.batch),
            "--num_classes", str(args.num_classes)]
     if args.config_file:
         cmd += ["--config_file", args.config_file]
@@ -255,10 +251,10 @@ def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
     records = dataset.train[:samples]
     transform = MultiModalTransform(build_image_transform(
-        True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.PROB,
+        True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.FLIP_PROB,
         padding=cfg.INPUT.PADDING, erase_prob=cfg.INPUT.RE_PROB), sync=cfg.INPUT.SYNC_AUG)
 
-    def rate(data: ImageDataset) -> float:
+    def rate(data: TransformedSamples) -> float:
         start = time.perf_counter()
         for i in range(len(data)):
             data[(i, i)]
@@ -267,9 +263,9 @@ def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:
-        uncached = rate(ImageDataset(dataset, records, transform))
+        uncached = rate(TransformedSamples(dataset, records, transform))
         start = time.perf_counter()
-        cached_data = ImageDataset(dataset, records, transform, cache=True)
+        cached_data = TransformedSamples(dataset, records, transform, cache=True)
         decode_rate = len(records) / (time.perf_counter() - start)
         cached = rate(cached_data)
     finally:
@@ -304,37 +300,33 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
-    timer = Timer(device)
-    load_before = load_average()
-    report: dict = {"config": args.config_file, "device": str(device), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "batch": args.batch, "precision": cfg.SOLVER.AMP,
-                    "onednn": bool(cfg.MODEL.ONEDNN and onednn_available() and device.type == "cpu")}
-    say = print if not args.quiet else (lambda *a, **k: None)
-    say(f"MHCF benchmark: {args.config_file or 'defaults'} on {device} ({report['threads']} threads), "
-        f"torch {torch.__version__}, {cfg.MODEL.NAME}, {len(cfg.MODEL.MODALITIES)} modalities at "
-        f"{cfg.INPUT.SIZE_TRAIN[0]}x{cfg.INPUT.SIZE_TRAIN[1]}, precision {cfg.SOLVER.AMP}, "
-        f"oneDNN {'on' if report['onednn'] else 'off'}, random weights")
+def loop_figures(loop: dict, flops: int, samples: int, modalities: int, alongside: AlongsideMatmul,
+                 best_rate: float) -> dict:
+    """A timed loop's figures: throughput and its sustained GFLOP/s against the matmul rates."""
+    rate = flops / loop["median"] / 1e9
+    return {**loop, "flops": flops, "samples_per_s": samples / loop["median"],
+            "images_per_s": samples * modalities / loop["median"], "gflops": rate,
+            "matmul_alongside_gflops": alongside.median(), "fraction_of_matmul": rate / alongside.median(),
+            "fraction_of_best_matmul": rate / best_rate}
 
+
+def measure_model(args: argparse.Namespace, cfg: CfgNode, device: torch.device, say: Callable) -> dict:
+    """The training step and the inference batch of our model, with the matmul rate measured alongside."""
+    timer = Timer(device)
     kernels = matmul_kernels(device, args.matmul_size)
     matmul = {name: matmul_rate(timer, kernel, args.matmul_size) for name, kernel in kernels.items()}
-
     ours = build_model(cfg, "ours", args.num_classes, device)
     costs = model_costs(ours, cfg.INPUT.SIZE_TRAIN)
     say(format_costs(costs))
-    report["model"] = {name: vars(c) for name, c in costs.items()}
 
-    # --- training step -----------------------------------------------------------------------------------
     batch, pids = random_batch(cfg, args.batch, device)
     compiled = torch.compile(ours) if cfg.MODEL.COMPILE else ours
     train_step = make_step(cfg, compiled, "ours", batch, pids, device, make_optimizer(cfg, ours))
-    fwd_bwd = make_step(cfg, compiled, "ours", batch, pids, device)
     step_flops, _ = count_flops(make_step(cfg, ours, "ours", batch, pids, device))
     fastest = kernels[max(matmul, key=matmul.get)]
     train_matmul = AlongsideMatmul(timer, fastest, args.matmul_size)
     train = summarise(repeat(timer, train_step, args.warmup, args.iters, between=train_matmul))
 
-    # --- inference ---------------------------------------------------------------------------------------
     test_batch, _ = random_batch(cfg, args.test_batch, device, cfg.INPUT.SIZE_TEST)
     ours.eval()
     infer_matmul = AlongsideMatmul(timer, fastest, args.matmul_size)
@@ -347,21 +339,17 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
     for name, kernel in kernels.items():  # again at the end: the best burst of the run
         matmul[name] = max(matmul[name], matmul_rate(timer, kernel, args.matmul_size))
     best_rate = max([*matmul.values(), *train_matmul.rates, *infer_matmul.rates])
-    report["matmul_gflops"] = matmul
-    report["matmul_best_gflops"] = best_rate
-    for key, loop, alongside, flops, samples in (("train_step", train, train_matmul, step_flops, args.batch),
-                                                  ("inference", infer, infer_matmul, infer_flops, args.test_batch)):
-        rate = flops / loop["median"] / 1e9
-        report[key] = {**loop, "flops": flops, "samples_per_s": samples / loop["median"],
-                       "images_per_s": samples * len(cfg.MODEL.MODALITIES) / loop["median"], "gflops": rate,
-                       "matmul_alongside_gflops": alongside.median(), "fraction_of_matmul": rate / alongside.median(),
-                       "fraction_of_best_matmul": rate / best_rate}
-    report["inference"]["batch"] = args.test_batch
+    modalities = len(cfg.MODEL.MODALITIES)
+    report = {"model": {name: vars(c) for name, c in costs.items()}, "matmul_gflops": matmul,
+              "matmul_best_gflops": best_rate,
+              "train_step": loop_figures(train, step_flops, args.batch, modalities, train_matmul, best_rate),
+              "inference": {**loop_figures(infer, infer_flops, args.test_batch, modalities, infer_matmul, best_rate),
+                            "batch": args.test_batch}}
     train, infer = report["train_step"], report["inference"]
     say("machine fp32 matmul rate ({n}x{n}, best of 3 runs before and after): {rates} GFLOP/s; the fastest "
         "kernel is timed again between the iterations below".format(
             n=args.matmul_size, rates=", ".join(f"{k} {v:.0f}" for k, v in matmul.items())))
-    say(f"training step ({args.batch} samples x {len(cfg.MODEL.MODALITIES)} modalities; forward, losses, "
+    say(f"training step ({args.batch} samples x {modalities} modalities; forward, losses, "
         f"backward, optimizer), {args.iters} iterations after {args.warmup} warm-up:")
     say(f"  {train['median']:.3f} s median (min {train['min']:.3f}, max {train['max']:.3f}); "
         f"{train['samples_per_s']:.2f} samples/s, {train['images_per_s']:.1f} images/s")
@@ -369,64 +357,91 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
     say(f"inference batch ({args.test_batch} samples): {infer['median']:.3f} s median; "
         f"{infer['samples_per_s']:.1f} samples/s")
     say(rate_line(infer, "per batch", best_rate))
-
-    # --- side by side with the authors' structure --------------------------------------------------------
     if args.baseline:
-        theirs = build_model(cfg, "baseline", args.num_classes, device)
-        their_step = make_step(cfg, theirs, "baseline", batch, pids, device)
-        their_flops, _ = count_flops(their_step)
-        times: dict[str, list[float]] = {"ours": [], "baseline": []}
-        steps = {"ours": fwd_bwd, "baseline": their_step}
-        for i in range(args.warmup + args.iters):
-            for name in (("ours", "baseline") if i % 2 == 0 else ("baseline", "ours")):
-                t = timer(steps[name])
-                if i >= args.warmup:
-                    times[name].append(t)
-        del theirs, their_step
-        cmp = {name: summarise(t) for name, t in times.items()}
-        ratio = cmp["ours"]["median"] / cmp["baseline"]["median"]
-        report["baseline"] = {"ours": cmp["ours"], "baseline": cmp["baseline"], "ratio": ratio,
-                              "flops_ours": step_flops, "flops_baseline": their_flops,
-                              "ratios": [a / b for a, b in zip(times["ours"], times["baseline"])]}
-        say(f"forward + losses + backward, interleaved with the authors' structure ({args.iters} pairs):")
-        for name, label in (("ours", "ours"), ("baseline", "theirs")):
-            c, flops = cmp[name], (step_flops if name == "ours" else their_flops)
-            say(f"  {label:<7} {c['median']:.3f} s median (min {c['min']:.3f}, max {c['max']:.3f}), "
-                f"{flops / 1e9:.1f} GFLOP, {flops / c['median'] / 1e9:.0f} GFLOP/s")
-        say(f"  time ours / theirs = {ratio:.2f}")
+        report["baseline"] = compare_with_baseline(args, cfg, device, compiled, batch, pids, step_flops, say)
+    return report
 
-    # --- memory ------------------------------------------------------------------------------------------
+
+def compare_with_baseline(args: argparse.Namespace, cfg: CfgNode, device: torch.device, ours: torch.nn.Module,
+                          batch: dict, pids: torch.Tensor, our_flops: int, say: Callable) -> dict:
+    """Forward + losses + backward of our model and of the authors' structure, iterations interleaved
+    (alternating which goes first)."""
+    timer = Timer(device)
+    theirs = build_model(cfg, "baseline", args.num_classes, device)
+    steps = {"ours": make_step(cfg, ours, "ours", batch, pids, device),
+             "baseline": make_step(cfg, theirs, "baseline", batch, pids, device)}
+    flops = {"ours": our_flops, "baseline": count_flops(steps["baseline"])[0]}
+    times: dict[str, list[float]] = {"ours": [], "baseline": []}
+    for i in range(args.warmup + args.iters):
+        for name in (("ours", "baseline") if i % 2 == 0 else ("baseline", "ours")):
+            t = timer(steps[name])
+            if i >= args.warmup:
+                times[name].append(t)
+    cmp = {name: summarise(t) for name, t in times.items()}
+    ratio = cmp["ours"]["median"] / cmp["baseline"]["median"]
+    say(f"forward + losses + backward, interleaved with the authors' structure ({args.iters} pairs):")
+    for name, label in (("ours", "ours"), ("baseline", "theirs")):
+        c = cmp[name]
+        say(f"  {label:<7} {c['median']:.3f} s median (min {c['min']:.3f}, max {c['max']:.3f}), "
+            f"{flops[name] / 1e9:.1f} GFLOP, {flops[name] / c['median'] / 1e9:.0f} GFLOP/s")
+    say(f"  time ours / theirs = {ratio:.2f}")
+    return {"ours": cmp["ours"], "baseline": cmp["baseline"], "ratio": ratio, "flops_ours": flops["ours"],
+            "flops_baseline": flops["baseline"], "ratios": [a / b for a, b in zip(times["ours"], times["baseline"])]}
+
+
+def measure_memory(args: argparse.Namespace, cfg: CfgNode, device: torch.device, say: Callable) -> dict:
+    """Peak memory of our training step (and, with --baseline, of both models' forward + losses + backward),
+    each in a fresh process on CPU."""
+    labels = {"step": "ours, training step", "ours": "ours, forward + losses + backward",
+              "baseline": "theirs, forward + losses + backward"}
+    variants = list(labels) if args.baseline else ["step"]
+    if device.type == "cpu":
+        memory = {v: memory_in_subprocess(args, v) for v in variants}
+    else:
+        memory = {v: probe_memory(cfg, v, args.batch, device, args.num_classes) for v in variants}
+    for v, m in memory.items():
+        extra = f" (before the first step: {m['model_mb']:.0f} MB)" if m.get("model_mb") else ""
+        say(f"peak memory, {labels[v]}: {m['peak_mb']:.0f} MB [{m['kind']}]{extra}")
+    return memory
+
+
+def measure_input(args: argparse.Namespace, cfg: CfgNode, consumption: float, say: Callable) -> dict | None:
+    """The input pipeline's rate per worker against the model's consumption (None without the dataset)."""
+    try:
+        data = input_pipeline(cfg, args.data_samples)
+    except UserError as exc:
+        say(f"input pipeline: skipped ({exc})".splitlines()[0])
+        return None
+    data["consumption"] = consumption
+    data["workers"] = workers_needed(consumption, data["per_worker"])
+    data["workers_cached"] = workers_needed(consumption, data["per_worker_cached"])
+    say(f"input pipeline (decode + augment of {len(cfg.MODEL.MODALITIES)} modalities, "
+        f"{data['samples']} samples, one worker):")
+    say(f"  {data['per_worker']:.1f} samples/s per worker; with DATALOADER.CACHE "
+        f"{data['per_worker_cached']:.1f} samples/s (decoding alone: {data['decode_only']:.1f} samples/s)")
+    say(f"  the model consumes {consumption:.2f} samples/s -> DATALOADER.NUM_WORKERS {data['workers']} "
+        f"keeps it fed ({data['workers_cached']} with DATALOADER.CACHE)")
+    return data
+
+
+def run_benchmark(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
+    """Every measurement the arguments ask for, printed as it comes; the figures as a dict."""
+    say = print if not args.quiet else (lambda *a, **k: None)
+    load_before = load_average()
+    report: dict = {"config": args.config_file, "device": str(device), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "batch": args.batch, "precision": cfg.SOLVER.AMP,
+                    "onednn": bool(cfg.MODEL.ONEDNN and onednn_available() and device.type == "cpu")}
+    say(f"MHCF benchmark: {args.config_file or 'defaults'} on {device} ({report['threads']} threads), "
+        f"torch {torch.__version__}, {cfg.MODEL.NAME}, {len(cfg.MODEL.MODALITIES)} modalities at "
+        f"{cfg.INPUT.SIZE_TRAIN[0]}x{cfg.INPUT.SIZE_TRAIN[1]}, precision {cfg.SOLVER.AMP}, "
+        f"oneDNN {'on' if report['onednn'] else 'off'}, random weights")
+    report.update(measure_model(args, cfg, device, say))
     if not args.no_memory:
-        labels = {"step": "ours, training step", "ours": "ours, forward + losses + backward",
-                  "baseline": "theirs, forward + losses + backward"}
-        variants = list(labels) if args.baseline else ["step"]
-        if device.type == "cpu":
-            memory = {v: memory_in_subprocess(args, v) for v in variants}
-        else:
-            memory = {v: probe_memory(cfg, v, args.batch, device, args.num_classes) for v in variants}
-        report["memory"] = memory
-        for v, m in memory.items():
-            extra = f" (before the first step: {m['model_mb']:.0f} MB)" if m.get("model_mb") else ""
-            say(f"peak memory, {labels[v]}: {m['peak_mb']:.0f} MB [{m['kind']}]{extra}")
-
-    # --- input pipeline ----------------------------------------------------------------------------------
+        report["memory"] = measure_memory(args, cfg, device, say)
     if not args.no_data:
-        consumption = report["train_step"]["samples_per_s"]
-        try:
-            data = input_pipeline(cfg, args.data_samples)
-        except UserError as exc:
-            say(f"input pipeline: skipped ({exc})".splitlines()[0])
-        else:
-            data["consumption"] = consumption
-            data["workers"] = workers_needed(consumption, data["per_worker"])
-            data["workers_cached"] = workers_needed(consumption, data["per_worker_cached"])
+        data = measure_input(args, cfg, report["train_step"]["samples_per_s"], say)
+        if data is not None:
             report["input"] = data
-            say(f"input pipeline (decode + augment of {len(cfg.MODEL.MODALITIES)} modalities, "
-                f"{data['samples']} samples, one worker):")
-            say(f"  {data['per_worker']:.1f} samples/s per worker; with DATALOADER.CACHE "
-                f"{data['per_worker_cached']:.1f} samples/s (decoding alone: {data['decode_only']:.1f} samples/s)")
-            say(f"  the model consumes {consumption:.2f} samples/s -> DATALOADER.NUM_WORKERS {data['workers']} "
-                f"keeps it fed ({data['workers_cached']} with DATALOADER.CACHE)")
     report["load_average"] = [load_before, load_average()]
     if None not in report["load_average"]:
         busy = max(report["load_average"]) > report["threads"] + 0.5  # more than this benchmark's own threads
@@ -436,9 +451,8 @@ def run(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
     return report
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = tool_parser("benchmark", __doc__)
     p.add_argument("--config_file", default="", help="YAML config, e.g. configs/RGBNT201/MHCF.yml")
     p.add_argument("--batch", type=int, default=0, help="samples per training step (default SOLVER.IMS_PER_BATCH)")
     p.add_argument("--test_batch", type=int, default=0, help="samples per inference batch (default TEST.IMS_PER_BATCH)")
@@ -455,31 +469,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--probe", choices=["step", "ours", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file or None, args.opts)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(cfg.MODEL.DEVICE)
-        args.batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
-        args.test_batch = args.test_batch or cfg.TEST.IMS_PER_BATCH
-        args.matmul_size = args.matmul_size or (2048 if device.type == "cpu" else 8192)
-        args.num_classes = args.num_classes or default_num_classes(cfg)
-        torch.manual_seed(cfg.SOLVER.SEED)
-        if args.probe:
-            print(json.dumps(probe_memory(cfg, args.probe, args.batch, device, args.num_classes)))
-            return None
-        report = run(args, cfg, device)
-    except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
+def run(args: argparse.Namespace) -> dict | None:
+    cfg = load_config(args.config_file or None, args.opts)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(cfg.MODEL.DEVICE)
+    if device.type == "cpu":
+        tune_glibc_malloc()  # as the runners do on CPU (accel.cpu_fast_path), for both models alike
+    args.batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
+    args.test_batch = args.test_batch or cfg.TEST.IMS_PER_BATCH
+    args.matmul_size = args.matmul_size or (2048 if device.type == "cpu" else 8192)
+    args.num_classes = args.num_classes or default_num_classes(cfg)
+    torch.manual_seed(cfg.SOLVER.SEED)
+    if args.probe:
+        print(json.dumps(probe_memory(cfg, args.probe, args.batch, device, args.num_classes)))
+        return None
+    report = run_benchmark(args, cfg, device)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ import numpy as np
 
 from datasets import MultiModalDataset, make_dataset
 
-# name -> ({split: (# ids, # samples)}, # cameras): the figures of DATASETS.md
+from .common import run_tool, tool_parser
+
+# name -> ({split: (# ids, # samples)}, # cameras): the published split sizes (docs/datasets.md)
 OFFICIAL: dict[str, tuple[dict[str, tuple[int, int]], int]] = {
     "RGBNT201": ({"train": (171, 3951), "query": (30, 836), "gallery": (30, 836)}, 4),
     "Market-MM": ({"train": (751, 12936), "query": (750, 3368), "gallery": (751, 15913)}, 6),
@@ -205,15 +207,19 @@ def check(name: str, root: str, seed: int = 0) -> tuple[bool, str]:
     return passed, report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser("check_dataset_trees", __doc__)
     parser.add_argument("--datasets", nargs="+", default=list(OFFICIAL), choices=list(OFFICIAL))
     parser.add_argument("--root", default="", help="folder in which a fresh sub-folder receives the trees "
                         "(default: the system's temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the trees instead of deleting them")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every benchmark asked for; exit code 1 when one does not match its official sizes."""
+    logging.getLogger().setLevel(logging.WARNING)  # the readers' statistics tables are in the reports
     if args.root:
         os.makedirs(args.root, exist_ok=True)
     root = tempfile.mkdtemp(prefix="mhcf-trees-", dir=args.root or None)  # never reuse the user's folder
@@ -229,8 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     print(f"{len(args.datasets) - failures}/{len(args.datasets)} benchmarks match the official split sizes")
-    return 1 if failures else 0
+    if failures:
+        sys.exit(1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

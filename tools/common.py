@@ -1,6 +1,7 @@
 """What the tools share: config and checkpoint arguments, and the CLIs' handling of user errors."""
 
 import argparse
+import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -9,13 +10,20 @@ from yacs.config import CfgNode
 
 from config import load_config
 from datasets import MultiModalDataset, make_dataset
-from model import MHCF
-from processor.distributed import resolve_device
-from processor.inference import load_trained_model
-from utils.cli import exit_on_user_error
+from model import MHCF, load_model, read_checkpoint
+from processor.cli import exit_on_user_error
+from processor.device import prepare_model, resolve_device
+from utils.files import atomic_write_text
 from utils.logger import setup_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tool_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m tools.<name>``: the first paragraph of the module's docstring as the
+    description, the whole docstring (usage examples) after the options."""
+    return argparse.ArgumentParser(prog=f"python -m tools.{name}", description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +34,32 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KEY VALUE overrides, e.g. TEST.WEIGHT output/Synthetic/model_final.pth")
 
 
+def load_trained_model(cfg: CfgNode, path: str, device: torch.device) -> MHCF:
+    """The configured model with the weights of the checkpoint ``path``, on ``device``, in eval mode."""
+    return prepare_model(load_model(cfg, read_checkpoint(path)), cfg, device).eval()
+
+
 def load_model_and_data(args: argparse.Namespace) -> tuple[CfgNode, MHCF, MultiModalDataset, torch.device]:
     """The config of ``args``, the model of TEST.WEIGHT on the configured device, and the dataset."""
     cfg = load_config(args.config_file or None, args.opts)
     device = resolve_device(cfg.MODEL.DEVICE)
     dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
-    model = load_trained_model(cfg, cfg.TEST.WEIGHT, dataset.num_cameras).to(device).eval()
-    return cfg, model, dataset, device
+    return cfg, load_trained_model(cfg, cfg.TEST.WEIGHT, device), dataset, device
 
 
-def run_tool(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
+def write_report(folder: str, stem: str, record: dict, text: str, markdown: str | None = None) -> None:
+    """Print ``text`` and write ``folder/<stem>.json`` (``record``) and ``folder/<stem>.md`` (``markdown``,
+    by default ``text``), each atomically."""
+    json_path, md_path = (os.path.join(folder, f"{stem}.{ext}") for ext in ("json", "md"))
+    atomic_write_text(json_path, json.dumps(record, indent=2))
+    atomic_write_text(md_path, markdown if markdown is not None else text + "\n")
+    print(text)
+    print(f"\nwrote {json_path} and {md_path}")
+
+
+def run_tool(run: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None = None) -> None:
-    """Parse ``argv`` and call ``main(args)``; a :class:`UserError` becomes one line on stderr and exit 2."""
+    """Parse ``argv`` and call ``run(args)``; a :class:`UserError` becomes one line on stderr and exit 2."""
     args = parser.parse_args(argv)
     setup_logging()
-    exit_on_user_error(lambda: main(args))
+    exit_on_user_error(lambda: run(args))

@@ -9,18 +9,15 @@ choose the folder).
 """
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 
-from processor.analysis import analyse_modal_bias, format_modal_bias
+from processor.modal_bias import analyse_modal_bias, format_modal_bias
 
-from .common import add_config_arguments, load_model_and_data, run_tool
+from .common import add_config_arguments, load_model_and_data, run_tool, tool_parser, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser("modal_bias", __doc__)
     parser.add_argument("--out", default="", help="output folder (default: the config's OUTPUT_DIR)")
     parser.add_argument("--max-samples", type=int, default=2000,
                         help="test samples (evenly spaced) for the feature statistics (default 2000)")
@@ -28,25 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
     cfg, model, dataset, device = load_model_and_data(args)
     report = {"weight": cfg.TEST.WEIGHT,
               **analyse_modal_bias(cfg, model, dataset, device, max_samples=args.max_samples)}
     table = format_modal_bias(report)
-    out = args.out or cfg.OUTPUT_DIR
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "modal_bias.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out, "modal_bias.md"), "w") as f:
-        f.write(f"# Modal bias of {cfg.TEST.WEIGHT} on {dataset.name}\n\n{table}\n")
-    print(table)
-    print(f"\nwrote {os.path.join(out, 'modal_bias.json')} and modal_bias.md")
+    write_report(args.out or cfg.OUTPUT_DIR, "modal_bias", report, table,
+                 f"# Modal bias of {cfg.TEST.WEIGHT} on {dataset.name}\n\n{table}\n")
     return report
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    run_tool(main, build_parser(), argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -1,8 +1,9 @@
 """The authors' MHCF forward, re-implemented for ``tools/benchmark.py`` as the speed baseline.
 
 Benchmark-only code: it reproduces the *structure and amount of work* of the released implementation
-(repository liuzhaojun-zwd/MHCF: ``model/clip/model.py`` and ``model/make_model.py``), written from DESIGN
-§4.4 and that structure, so our model can be timed against theirs side by side:
+(repository liuzhaojun-zwd/MHCF: ``model/clip/model.py`` and ``model/make_model.py``), written from the
+released operator's description (docs/heat_operator.md) and that structure, so our model can be timed
+against theirs side by side:
 
 - CLIP's VisionTransformer: bias-free patch convolution, class and position embeddings, ``ln_pre``, twelve
   residual blocks with ``nn.MultiheadAttention`` in the (L, N, D) layout and a QuickGELU MLP, every block's
@@ -92,7 +93,7 @@ def dense_adjacency(h: int, w: int) -> torch.Tensor:
 
 
 class HeatOperator(nn.Module):
-    """The released cross-modal heat conduction operator (DESIGN §4.4), in their tensor layout."""
+    """The released cross-modal heat conduction operator (docs/heat_operator.md), in their tensor layout."""
 
     def __init__(self, dim: int, grid: tuple[int, int]):
         super().__init__()

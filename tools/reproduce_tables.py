@@ -12,18 +12,19 @@ a checkpoint or without their dataset folder are listed as not present.
 """
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 
 from config import load_config
 from datasets import DATASETS, make_dataset
-from processor.distributed import resolve_device
-from processor.inference import evaluate, load_trained_model, miss_settings, missing_modalities, results_record
+from processor.device import resolve_device
+from processor.evaluation import evaluate
+from processor.results import METRICS, results_record
 from utils.errors import UserError
+from utils.modalities import NONE, miss_settings, missing_modalities
 
-from .common import REPO, run_tool
+from .common import REPO, load_trained_model, run_tool, tool_parser, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 PAPER = {"RGBNT201": (81.7, 84.2), "Market-MM": (85.2, 94.3), "RGBNT100": (87.2, 97.1), "MSVR310": (59.3, 68.1)}
 #: Benchmarks of the tables, in the paper's order; Synthetic only when a checkpoint is given.
 BENCHMARKS = (*PAPER, "Synthetic")
-METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
 
 def option(name: str) -> str:
@@ -40,8 +40,7 @@ def option(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = tool_parser("reproduce_tables", __doc__)
     parser.add_argument("--root", default="./data", help="folder holding the datasets (DATASETS.ROOT_DIR)")
     parser.add_argument("--runs", default="", help="folder holding, per benchmark, a training output folder "
                         "<runs>/<DATASET>/ or a checkpoint file <runs>/<DATASET>.pth")
@@ -95,11 +94,11 @@ def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, 
         raise UserError(f"{config_file}: DATASETS.NAMES is {cfg.DATASETS.NAMES}, but it was given for {name}")
     device = resolve_device(cfg.MODEL.DEVICE)
     dataset = make_dataset(name, root)
-    model = load_trained_model(cfg, checkpoint, dataset.num_cameras).to(device)
+    model = load_trained_model(cfg, checkpoint, device)
     logger.info("evaluating %s on %s (%s, config %s)", checkpoint, name, device, config_file)
-    settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else ["none"]
+    settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [NONE]
     results = evaluate(cfg, model, dataset, device, settings)
-    record = results_record(results, "none", {"dataset": name, "weight": checkpoint, "config": config_file,
+    record = results_record(results, NONE, {"dataset": name, "weight": checkpoint, "config": config_file,
                                               "re_ranking": cfg.TEST.RE_RANKING})
     record["modalities"] = list(cfg.MODEL.MODALITIES)
     return record
@@ -156,7 +155,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, dict]:
     return records
 
 
-def main(args: argparse.Namespace) -> dict[str, dict]:
+def run(args: argparse.Namespace) -> dict[str, dict]:
     records = reproduce(args)
     modalities = next((r["modalities"] for r in records.values() if "modalities" in r),
                       list(load_config().MODEL.MODALITIES))
@@ -165,19 +164,13 @@ def main(args: argparse.Namespace) -> dict[str, dict]:
     if not args.no_sweep:
         text += ("\n\n## Missing modalities (mAP / Rank-1, percent; missing in query and gallery)\n\n"
                  + format_sweep_table(records, modalities))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tables.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, "tables.json"), "w") as f:
-        json.dump(records, f, indent=2)
-    print(text)
-    print(f"\nwrote {os.path.join(args.out, 'tables.md')} and tables.json")
+    write_report(args.out, "tables", records, text)
     return records
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    run_tool(main, build_parser(), argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

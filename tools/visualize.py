@@ -27,13 +27,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from datasets import MultiModalDataset, Sample, make_test_loader
 from model import MHCF
-from processor.analysis import evaluation_samples
-from processor.inference import batch_to, extract_features, miss_settings, missing_modalities
-from utils.analysis import kept_modalities, mean_spatial_gates, patch_change, ranked_lists
+from processor.device import batch_to
+from processor.evaluation import evaluation_samples, extract_features
+from utils.bias_measures import mean_spatial_gates, patch_change, ranked_lists
 from utils.errors import UserError
 from utils.metrics import pairwise_sq_distances
+from utils.modalities import ALL, kept_modalities, miss_settings, missing_modalities, setting_error
 
-from .common import add_config_arguments, load_model_and_data, run_tool
+from .common import add_config_arguments, load_model_and_data, run_tool, tool_parser
 
 MATCH = (0, 170, 0)       # frame of a gallery item with the query's identity
 MISMATCH = (220, 0, 0)    # frame of any other gallery item
@@ -174,8 +175,9 @@ def ranked_rows(dataset: MultiModalDataset, modalities: Sequence[str], features:
 def ranks(args: argparse.Namespace) -> str:
     cfg, model, dataset, device = load_model_and_data(args)
     setting = cfg.TEST.MISS
-    if setting == "all":
-        raise UserError("visualize ranks: TEST.MISS must be one setting (none, r, n, t, rn, ...), not 'all'")
+    if setting == ALL:
+        choices = ", ".join(miss_settings(model.modalities))
+        raise UserError(f"visualize ranks: TEST.MISS must be one setting ({choices}), not 'all'")
     samples = evaluation_samples(dataset)
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     features = extract_features(model, loader, device, [setting])[setting]
@@ -283,11 +285,11 @@ def projector_inputs(features: Mapping[str, torch.Tensor], samples: Sequence[Sam
 
 def embedding(args: argparse.Namespace) -> str:
     cfg, model, dataset, device = load_model_and_data(args)
-    settings = miss_settings(model.modalities) if args.miss == "all" else args.miss.split(",")
-    valid = miss_settings(model.modalities)
-    if any(s not in valid for s in settings):
-        raise UserError(f"visualize embedding: --miss must be 'all' or a comma list of {', '.join(valid)}; "
-                        f"got {args.miss!r}")
+    settings = miss_settings(model.modalities) if args.miss == ALL else args.miss.split(",")
+    for setting in settings:
+        problem = setting_error(setting, model.modalities, allow_all=False)
+        if problem:
+            raise UserError(f"visualize embedding: each --miss setting {problem}")
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
@@ -325,8 +327,7 @@ def parse_indices(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = tool_parser("visualize", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     specs = {
         "ranks": (ranks, "ranked lists (PNG)", 4, 96),
@@ -362,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace):
+def run(args: argparse.Namespace):
     return args.func(args)
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    run_tool(main, build_parser(), argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

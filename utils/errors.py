@@ -5,6 +5,8 @@ Entry points catch it and print its message as a single line, without a tracebac
 
 import re
 
+__all__ = ["UserError"]
+
 # How torch re-raises an exception of a DataLoader worker (or pin-memory thread) in the main process:
 # ``exc_type("Caught <Name> in <where>.\nOriginal Traceback (most recent call last):\n...<Name>: <msg>\n")``
 # (torch.utils._utils.ExceptionWrapper.reraise).

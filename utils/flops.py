@@ -1,5 +1,6 @@
 """Model size and cost: parameters and FLOPs (``torch.utils.flop_counter``, 2 FLOPs per multiply-add)."""
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+
+from accel.flops import flop_formulas
 
 __all__ = ["PartCost", "count_flops", "format_costs", "model_costs"]
 
@@ -26,17 +29,23 @@ def _cpu_attention_backward_flop(grad_out_shape, query_shape, key_shape, value_s
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-# The counter knows the GPU attention kernels but not the CPU one behind F.scaled_dot_product_attention;
-# count it as torch counts the others.
-for _op, _formula in ((_aten._scaled_dot_product_flash_attention_for_cpu, _cpu_attention_flop),
-                      (_aten._scaled_dot_product_flash_attention_for_cpu_backward, _cpu_attention_backward_flop)):
-    if _op not in flop_registry:
-        register_flop_formula(_op)(_formula)
+@functools.cache
+def _register_formulas() -> None:
+    """Teach the counter the operators it does not know: PyTorch's CPU attention kernel behind
+    ``F.scaled_dot_product_attention`` (counted as torch counts the GPU ones) and the oneDNN operators of the
+    CPU fast path (:mod:`accel.flops`). Once per process."""
+    formulas = {_aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
+                _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flop,
+                **flop_formulas()}
+    for op, formula in formulas.items():
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
 
 
 def count_flops(fn: Callable, *args, **kwargs) -> tuple[int, object]:
     """``(FLOPs, result)`` of ``fn(*args, **kwargs)``, counting the matrix products, convolutions and
     attention that run inside it (including any backward pass it runs)."""
+    _register_formulas()
     counter = FlopCounterMode(display=False)
     with counter:
         result = fn(*args, **kwargs)

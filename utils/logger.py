@@ -4,6 +4,8 @@ import logging
 import os
 import sys
 
+__all__ = ["setup_logging"]
+
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 

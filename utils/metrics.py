@@ -1,4 +1,4 @@
-"""Re-identification metrics: mAP, mINP and CMC under the benchmarks' protocols (DATASETS.md).
+"""Re-identification metrics: mAP, mINP and CMC under the benchmarks' protocols (docs/datasets.md).
 
 Protocol. For every query, gallery items with the query's identity *and* camera are removed (camera rule);
 when scene ids are given, those with the query's identity *and* scene are removed instead (MSVR310 scene
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+__all__ = ["RankResult", "evaluate_features", "evaluate_rank", "pairwise_sq_distances", "protocol_masks"]
 
 
 @dataclass

@@ -3,6 +3,7 @@ import os
 import re
 
 import pytest
+import yaml
 
 from config import get_default_config, load_config
 from utils.errors import UserError
@@ -10,12 +11,35 @@ from utils.errors import UserError
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*", "MHCF.yml"))))
-def test_every_config_file_merges(path):
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.yml"))))
+def test_every_config_file_merges_and_lists_only_what_differs(path):
     cfg = load_config(path)
     dataset = os.path.basename(os.path.dirname(path))
     assert dataset == cfg.DATASETS.NAMES
-    assert cfg.OUTPUT_DIR.endswith(dataset)
+    assert os.path.basename(cfg.OUTPUT_DIR.rstrip("/")).startswith(dataset)
+    with open(path) as f:
+        listed = list(_keys(yaml.safe_load(f)))
+    defaults = get_default_config()
+    same = [key for key in listed if key != "DATASETS.NAMES" and _value(defaults, key) == _value(cfg, key)]
+    assert not same, f"{path} repeats defaults: {same}"
+
+
+def _value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def test_the_authors_key_names_are_aliases(tmp_path):
+    path = tmp_path / "authors.yml"
+    path.write_text("MODEL:\n  DIRECT: False\n  NO_MARGIN: True\nINPUT:\n  PROB: 0.3\n")
+    cfg = load_config(str(path))
+    assert cfg.MODEL.MODALITY_HEADS is True and cfg.MODEL.SOFT_MARGIN is True and cfg.INPUT.FLIP_PROB == 0.3
+    assert "DIRECT" not in cfg.MODEL and "PROB" not in cfg.INPUT          # recorded under our names only
+    cfg = load_config(str(path), ["MODEL.DIRECT", "True", "INPUT.FLIP_PROB", "0.1"])
+    assert cfg.MODEL.MODALITY_HEADS is False and cfg.INPUT.FLIP_PROB == 0.1
+    with pytest.raises(UserError, match="MODEL.MODALITY_HEADS must be bool"):
+        load_config(None, ["MODEL.DIRECT", "maybe"])
 
 
 def test_benchmark_recipes():
@@ -25,7 +49,7 @@ def test_benchmark_recipes():
         cfg = load_config(os.path.join(REPO, "configs", name, "MHCF.yml"))
         assert re_prob == cfg.INPUT.RE_PROB and margin == cfg.SOLVER.MARGIN
         assert ([256, 128] if name in persons else [128, 256]) == cfg.INPUT.SIZE_TRAIN
-        assert cfg.MODEL.DIRECT is (name in persons)
+        assert cfg.MODEL.MODALITY_HEADS is (name not in persons)
         assert cfg.SOLVER.BASE_LR == 3.5e-5 and cfg.SOLVER.MAX_EPOCHS == 40 and cfg.SOLVER.IMS_PER_BATCH == 64
         assert cfg.MODEL.PRETRAIN_PATH == "openai" and cfg.MODEL.NAME == "ViT-B-16"
 

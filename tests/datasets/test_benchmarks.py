@@ -1,4 +1,4 @@
-"""The four benchmark readers on miniature trees of their published layouts (DATASETS.md)."""
+"""The four benchmark readers on miniature trees of their published layouts (docs/datasets.md)."""
 
 import os
 import re

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from datasets import ImageDataset, make_dataset
+from datasets import TransformedSamples, make_dataset
 from datasets.transforms import MultiModalTransform, build_image_transform
-from utils.cli import run_cli
+from processor.cli import run_cli
 from utils.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,7 +144,7 @@ def test_user_error_from_dataloader_worker_keeps_its_message(tmp_path):
     _corrupt(bad)
     ds = make_dataset("RGBNT201", str(tmp_path))
     transform = MultiModalTransform(build_image_transform(False, (16, 8), (0.5,) * 3, (0.5,) * 3))
-    loader = DataLoader(ImageDataset(ds, ds.query, transform), batch_size=2, num_workers=1)
+    loader = DataLoader(TransformedSamples(ds, ds.query, transform), batch_size=2, num_workers=1)
     with pytest.raises(UserError) as excinfo:
         next(iter(loader))
     assert str(excinfo.value).startswith(f"cannot read image {bad}: ")

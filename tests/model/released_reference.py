@@ -1,5 +1,6 @@
 """The authors' released checkpoint format with random weights, and an independent forward of their model
-written from DESIGN §4.4 (dense adjacency, bmm diffusion) on top of the reference CLIP tower."""
+written from the released operator's description (docs/heat_operator.md; dense adjacency, bmm diffusion) on
+top of the reference CLIP tower."""
 
 
 import torch
@@ -62,7 +63,7 @@ def _mlp(x: torch.Tensor, state: dict, prefix: str, layers: int) -> torch.Tensor
 
 
 def released_operator(state: dict, cs, ps, ct, pt):
-    """One edge s -> t of the released operator (DESIGN §4.4): class tokens (B, C), patches (B, N, C)."""
+    """One edge s -> t of the released operator (docs/heat_operator.md): class tokens (B, C), patches (B, N, C)."""
     p = "heat.heat_conductor."
     alpha, beta, adj = state[p + "alpha_cls"], state[p + "beta"], state[p + "spatial_adjacency"]
     kappa = F.softplus(_mlp(torch.cat([ps.mean(1), pt.mean(1)], 1), state, p + "conductivity_predictor", 3))  # (B, 1)

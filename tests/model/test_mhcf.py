@@ -17,7 +17,7 @@ def _batch(cfg, b=4, seed=0):
 @pytest.mark.parametrize("opts", [
     [],
     ["MODEL.HEAT.DIFFUSION", "stencil"],
-    ["MODEL.DIRECT", "False", "MODEL.SHARED_BACKBONE", "False"],
+    ["MODEL.MODALITY_HEADS", "True", "MODEL.SHARED_BACKBONE", "False"],
     ["MODEL.HEAT.SHARE_OPERATOR", "False", "MODEL.HEAT.NUM_CYCLES", "2"],
 ])
 def test_every_trainable_parameter_gets_a_gradient(tmp_path, opts):
@@ -27,7 +27,7 @@ def test_every_trainable_parameter_gets_a_gradient(tmp_path, opts):
     model.train()
     batch = _batch(cfg)
     outputs = model(batch)
-    heads = {"ori", "heat_cls", "heat_pat"} | (set() if cfg.MODEL.DIRECT else set(cfg.MODEL.MODALITIES))
+    heads = {"ori", "heat_cls", "heat_pat"} | (set(cfg.MODEL.MODALITIES) if cfg.MODEL.MODALITY_HEADS else set())
     assert set(outputs["logits"]) == heads and set(outputs["features"]) == heads
     losses = make_loss(cfg, 5)(outputs, batch["pid"])
     assert set(losses) == {f"{kind}/{h}" for kind in ("id", "triplet") for h in heads}

@@ -1,4 +1,4 @@
-"""MODEL.SHARED_BACKBONE False (one encoder per modality) and MODEL.DIRECT False (per-modality heads) train."""
+"""MODEL.SHARED_BACKBONE False (one encoder per modality) and MODEL.MODALITY_HEADS True (per-modality heads) train."""
 
 import torch
 
@@ -9,8 +9,8 @@ from tests.conftest import tiny_config
 
 
 def test_separate_encoders_and_per_modality_heads_train(tmp_path):
-    cfg = tiny_config(str(tmp_path), str(tmp_path / "out"), "MODEL.SHARED_BACKBONE", "False", "MODEL.DIRECT", "False",
-                      "SOLVER.BASE_LR", "0.001")
+    cfg = tiny_config(str(tmp_path), str(tmp_path / "out"), "MODEL.SHARED_BACKBONE", "False",
+                      "MODEL.MODALITY_HEADS", "True", "SOLVER.BASE_LR", "0.001")
     torch.manual_seed(0)
     model = make_model(cfg, num_classes=4).train()
     modalities = list(cfg.MODEL.MODALITIES)

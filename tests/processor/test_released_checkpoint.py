@@ -8,15 +8,14 @@ import urllib.request
 import torch
 import torch.nn.functional as F
 
-import processor
 from datasets import make_dataset, make_test_loader
 from datasets.synthetic import generate
-from model import make_model
-from processor import inference
-from processor.checkpoint import atomic_save, model_checkpoint
+from model import checkpoint_record, make_model
+from processor import evaluation, tester
+from processor.cli import run_cli
 from tests.conftest import REPO, tiny_config
 from tests.model.released_reference import released_features, released_state_dict
-from utils.cli import run_cli
+from utils.files import atomic_save
 from utils.metrics import evaluate_rank
 
 
@@ -44,13 +43,13 @@ def test_test_py_gives_the_released_models_features(tmp_path, monkeypatch):
     torch.save(state, weight)
 
     captured = {}
-    extract = inference.extract_features
+    extract = evaluation.extract_features
 
     def capture(*args, **kwargs):
         captured.update(extract(*args, **kwargs))
         return captured
 
-    monkeypatch.setattr(inference, "extract_features", capture)
+    monkeypatch.setattr(evaluation, "extract_features", capture)
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     opts = ["MODEL.NAME", "ViT-B-16", "INPUT.SIZE_TRAIN", "[256, 128]", "INPUT.SIZE_TEST", "[256, 128]",
             "MODEL.HEAT.DIFFUSION", "stencil", "MODEL.PRETRAIN_PATH", "openai", "MODEL.PRETRAIN_CACHE", cache,
@@ -58,7 +57,7 @@ def test_test_py_gives_the_released_models_features(tmp_path, monkeypatch):
     cfg = tiny_config(root, out, *opts)
     argv = ["--config_file", os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), "DATASETS.ROOT_DIR", root,
             "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", *opts]
-    run_cli(processor.test, "test.py", argv)
+    run_cli(tester.test, "test.py", argv)
     assert not os.path.exists(cache)
     with open(os.path.join(out, "test_results.json")) as f:
         record = json.load(f)
@@ -80,12 +79,12 @@ def test_test_py_never_downloads_for_our_own_checkpoint(tiny_root, tmp_path, mon
     cfg = tiny_config(tiny_root, str(tmp_path / "out"))
     dataset = make_dataset("Synthetic", tiny_root)
     weight = str(tmp_path / "model_final.pth")
-    atomic_save(model_checkpoint(make_model(cfg, dataset.num_train_pids), dataset.num_train_pids, cfg.dump(), 1),
+    atomic_save(checkpoint_record(make_model(cfg, dataset.num_train_pids), dataset.num_train_pids, cfg.dump(), 1),
                 weight)
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     cache = str(tmp_path / "cache")
     # "openai" for ViT-Mini-8 would be a UserError if test.py tried to fetch pretrained weights at all
-    record = processor.test(tiny_config(tiny_root, str(tmp_path / "eval"), "MODEL.PRETRAIN_PATH", "openai",
+    record = tester.test(tiny_config(tiny_root, str(tmp_path / "eval"), "MODEL.PRETRAIN_PATH", "openai",
                                         "MODEL.PRETRAIN_CACHE", cache, "TEST.WEIGHT", weight))
     assert 0 <= record["mAP"] <= 100
     assert not os.path.exists(cache)

@@ -4,11 +4,11 @@ import os
 import pytest
 import torch
 
-import processor
 from datasets import make_dataset, make_test_loader, make_train_loader
 from loss import make_loss
 from model import make_model
-from processor.inference import extract_features
+from processor import evaluation, tester
+from processor.evaluation import extract_features
 from solver import make_optimizer
 from tests.conftest import tiny_config
 
@@ -31,28 +31,25 @@ def test_a_short_training_run_lowers_the_loss(tiny_root, tmp_path):
     assert history[-1] < 0.8 * history[0]
 
 
-def test_train_then_test_reproduces_the_result(tiny_root, tmp_path):
-    out = str(tmp_path / "run")
-    record = processor.train(tiny_config(tiny_root, out))
-    for name in ("model_final.pth", "last.pth", "train.log", "config.yaml", "test_results.json"):
-        assert os.path.isfile(os.path.join(out, name)), name
+def test_train_then_test_reproduces_the_result(tiny_root, trained_run, tmp_path):
+    out = trained_run
     with open(os.path.join(out, "test_results.json")) as f:
         saved = json.load(f)
-    assert saved["mAP"] == pytest.approx(record["mAP"]) and saved["epoch"] == 2
+    assert saved["epoch"] == 2 and saved["weight"] == os.path.join(out, "model_final.pth")
     assert {"mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"} <= set(saved)
     assert all(0 <= saved[k] <= 100 for k in ("mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"))
 
     weight = os.path.join(out, "model_final.pth")
-    again = processor.test(tiny_config(tiny_root, str(tmp_path / "eval"), "TEST.WEIGHT", weight))
+    again = tester.test(tiny_config(tiny_root, str(tmp_path / "eval"), "TEST.WEIGHT", weight))
     for key in ("mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"):
         assert again[key] == pytest.approx(saved[key], abs=1e-6), key
 
-    sweep = processor.test(tiny_config(tiny_root, str(tmp_path / "sweep"), "TEST.WEIGHT", weight, "TEST.MISS", "all"))
+    sweep = tester.test(tiny_config(tiny_root, str(tmp_path / "sweep"), "TEST.WEIGHT", weight, "TEST.MISS", "all"))
     assert set(sweep["settings"]) == {"none", "r", "n", "t", "rn", "rt", "nt"}
     assert sweep["settings"]["none"]["mAP"] == pytest.approx(saved["mAP"], abs=1e-6)
     missing = [v["mAP"] for k, v in sweep["settings"].items() if k != "none"]
     assert sweep["average_missing"]["mAP"] == pytest.approx(sum(missing) / 6)
-    single = processor.test(tiny_config(tiny_root, str(tmp_path / "r"), "TEST.WEIGHT", weight, "TEST.MISS", "rn"))
+    single = tester.test(tiny_config(tiny_root, str(tmp_path / "r"), "TEST.WEIGHT", weight, "TEST.MISS", "rn"))
     assert single["mAP"] == pytest.approx(sweep["settings"]["rn"]["mAP"], abs=1e-4)
 
 
@@ -74,7 +71,7 @@ def test_evaluation_runs_in_float32_whatever_the_training_precision(tiny_root, t
     dataset = make_dataset("Synthetic", tiny_root)
     torch.manual_seed(0)
     model = make_model(tiny_config(tiny_root, str(tmp_path)), dataset.num_train_pids)
-    results = {amp: processor.inference.evaluate(tiny_config(tiny_root, str(tmp_path), "SOLVER.AMP", amp), model,
+    results = {amp: evaluation.evaluate(tiny_config(tiny_root, str(tmp_path), "SOLVER.AMP", amp), model,
                                                  dataset, torch.device("cpu"), progress=False)["none"]
                for amp in ("off", "bf16")}
     assert results["off"].mAP == results["bf16"].mAP

@@ -1,7 +1,6 @@
 """The training engine: exact resumption after SIGKILL, non-finite losses, mixed precision, TensorBoard."""
 
 import json
-import logging
 import math
 import os
 import signal
@@ -14,12 +13,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from config import load_config
-from processor import train
-from processor.checkpoint import read_checkpoint
+from model import read_checkpoint
+from processor.cli import run_cli
 from processor.distributed import DistInfo
-from processor.trainer import Trainer
-from tests.conftest import REPO, tiny_config
-from utils.cli import run_cli
+from processor.trainer import Trainer, train
+from tests.conftest import REPO, kept_logging, tiny_config
 
 # a smaller input (4 x 2 patches) keeps each epoch well under a second; drop path makes the model draw
 # from the global random stream, which the loaders and evaluation between epochs must leave alone
@@ -32,21 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def restore_logging():
-    """train() configures the root logger for its run; give pytest its handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        if handler not in handlers:
-            handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    with kept_logging():
+        yield
 
 
 def _weights(path: str) -> dict[str, torch.Tensor]:
-    return read_checkpoint(path)["model"]
+    return read_checkpoint(path).state
 
 
 def _kill_during_epoch(config_file: str, output_dir: str, epoch: int, timeout: float = 120) -> None:
@@ -88,7 +77,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_root, tmp_path, work
         f.write(tiny_config(tiny_root, killed_dir, *opts).dump())
     _kill_during_epoch(config_file, killed_dir, epoch=2)
     first = read_checkpoint(os.path.join(killed_dir, "last.pth"))
-    assert first["epoch"] == 1, "killed too late"
+    assert first.epoch == 1, "killed too late"
     assert not os.path.exists(os.path.join(killed_dir, "model_final.pth"))
     train(tiny_config(tiny_root, killed_dir, *opts, "SOLVER.RESUME", "True"))
 
@@ -98,7 +87,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_root, tmp_path, work
     different = [k for k in uninterrupted if not torch.equal(uninterrupted[k], resumed[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     # and the resumed run did train: its weights moved away from the first epoch's
-    assert not torch.equal(first["model"]["heads.ori.classifier.weight"], resumed["heads.ori.classifier.weight"])
+    assert not torch.equal(first.state["heads.ori.classifier.weight"], resumed["heads.ori.classifier.weight"])
 
 
 def _config_file(tmp_path, cfg) -> str:
@@ -119,7 +108,7 @@ def test_non_finite_loss_stops_with_one_line(tiny_root, tmp_path, capsys, restor
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "non-finite loss" in err and "at epoch 2, iteration " in err and "last.pth" in err
     last = read_checkpoint(os.path.join(out, "last.pth"))
-    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert last.epoch == 1 and all(torch.isfinite(v).all() for v in last.state.values() if v.is_floating_point())
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
 
 
@@ -147,25 +136,20 @@ def test_mixed_precision_step(tiny_root, tmp_path, amp, restore_logging):
     trainer.writer.close()
 
 
-def test_run_artifacts_and_tensorboard(tiny_root, tmp_path, restore_logging):
-    out = str(tmp_path / "run")
-    cfg = tiny_config(tiny_root, out, *FAST, "SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "1",
-                      "SOLVER.CHECKPOINT_PERIOD", "1")
-    os.makedirs(out)
-    with open(os.path.join(out, ".last.pth.k1ll3d.tmp"), "wb") as f:   # left by a run killed mid-save
-        f.write(b"PK partial")
-    record = train(cfg)
+def test_run_artifacts_and_tensorboard(trained_run):
+    out = trained_run
     files = set(os.listdir(out))
     assert {"last.pth", "model_epoch001.pth", "model_epoch002.pth", "model_final.pth", "train.log",
             "config.yaml", "test_results.json", "tensorboard"} <= files
-    assert not [f for f in files if f.endswith(".tmp")]
+    assert not [f for f in files if f.endswith(".tmp")]              # the stale temporary was removed
+    cfg = load_config(os.path.join(out, "config.yaml"))
     last = read_checkpoint(os.path.join(out, "last.pth"))
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"} <= last.keys()
-    assert set(last["rng"]) >= {"python", "numpy", "torch"} and last["epoch"] == 2
-    assert load_config(os.path.join(out, "config.yaml")).dump() == cfg.dump()
+    assert set(last.training) == {"optimizer", "scheduler", "scaler", "rng"} and last.config == cfg.dump()
+    assert set(last.training["rng"]) >= {"python", "numpy", "torch"} and last.epoch == 2
+    assert read_checkpoint(os.path.join(out, "model_epoch001.pth")).epoch == 1
     with open(os.path.join(out, "test_results.json")) as f:
-        results = json.load(f)
-    assert results["epoch"] == 2 and results == record and 0 <= results["mAP"] <= 100
+        record = json.load(f)
+    assert record["epoch"] == 2 and 0 <= record["mAP"] <= 100
     with open(os.path.join(out, "train.log")) as f:
         log = f.read()
     assert "chosen on the test set" in log and "final epoch 2" in log

@@ -1,4 +1,4 @@
-"""Smoke test of tools/benchmark.py: one step of the Synthetic config; every figure positive and finite."""
+"""Smoke test of ``python -m tools.benchmark``: one step of the Synthetic config; every figure positive and finite."""
 
 import json
 import math
@@ -17,11 +17,11 @@ def _positive(value) -> bool:
 
 def test_benchmark_runs_one_step_of_the_synthetic_config(tiny_root, tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"),
+    cmd = [sys.executable, "-m", "tools.benchmark",
            "--config_file", os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), "--batch", "8",
            "--test_batch", "4", "--iters", "1", "--warmup", "0", "--matmul_size", "256", "--data_samples", "4",
            "--threads", "1", "--json", str(out), "DATASETS.ROOT_DIR", tiny_root, "MODEL.DEVICE", "cpu"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("machine fp32 matmul rate", "training step", "GFLOP/s sustained", "inference batch",
                  "peak memory", "input pipeline", "DATALOADER.NUM_WORKERS"):

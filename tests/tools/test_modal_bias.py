@@ -10,7 +10,7 @@ import torch
 
 from config import load_config
 from datasets import make_dataset, make_test_loader
-from processor.inference import load_trained_model
+from model import load_model, read_checkpoint
 from tools import modal_bias
 
 MODS = ["RGB", "NI", "TI"]
@@ -26,10 +26,10 @@ def _gap(blocks: dict[str, np.ndarray]) -> dict:
     return {"sample": sample, "centroid": centroid}
 
 
-def test_modal_bias_report(tiny_run, tmp_path, capsys):
-    config = os.path.join(tiny_run, "config.yaml")
-    weight = os.path.join(tiny_run, "model_final.pth")
-    modal_bias.cli(["--out", str(tmp_path), "--config_file", config, "TEST.WEIGHT", weight])
+def test_modal_bias_report(trained_run, tmp_path, capsys):
+    config = os.path.join(trained_run, "config.yaml")
+    weight = os.path.join(trained_run, "model_final.pth")
+    modal_bias.main(["--out", str(tmp_path), "--config_file", config, "TEST.WEIGHT", weight])
     with open(tmp_path / "modal_bias.json") as f:
         report = json.load(f)
     assert "Modality gap of the class tokens" in capsys.readouterr().out
@@ -42,7 +42,7 @@ def test_modal_bias_report(tiny_run, tmp_path, capsys):
 
     # independent: the test features cat(ori, heat_cls, heat_pat) of every test sample, from model(batch)
     cfg = load_config(config)
-    model = load_trained_model(cfg, weight).eval()
+    model = load_model(cfg, read_checkpoint(weight)).eval()
     dataset = make_dataset("Synthetic", cfg.DATASETS.ROOT_DIR)
     with torch.no_grad():
         feats = torch.cat([model(b) for b in make_test_loader(cfg, dataset, dataset.query)]).double().numpy()
@@ -81,12 +81,13 @@ def test_modal_bias_report(tiny_run, tmp_path, capsys):
         per_cycle = [stats[f"cycle {c}"]["gate"] for c in (1, 2, 3)]
         assert stats["gate"] == pytest.approx(np.mean(per_cycle))
         assert 0 < stats["spatial_gate"] < 1 and stats["kappa"] > 0
-    untrained = cfg.MODEL.HEAT.INIT_CONDUCTIVITY
-    assert report["heat"]["parameters"]["conductivity/NI"] == pytest.approx(untrained, rel=1e-5)
+    theta = read_checkpoint(weight).state["heat.conductivity.NI"].double().numpy()   # k_t = softplus(theta_t)
+    assert report["heat"]["parameters"]["conductivity/NI"] == pytest.approx(float(np.log1p(np.exp(theta)).mean()),
+                                                                           rel=1e-5)
 
 
-def test_missing_weight_is_a_user_error(tiny_run, capsys):
+def test_missing_weight_is_a_user_error(trained_run, capsys):
     with pytest.raises(SystemExit) as exc:
-        modal_bias.cli(["--config_file", os.path.join(tiny_run, "config.yaml"), "TEST.WEIGHT", "nowhere.pth"])
+        modal_bias.main(["--config_file", os.path.join(trained_run, "config.yaml"), "TEST.WEIGHT", "nowhere.pth"])
     assert exc.value.code == 2
     assert "nowhere.pth" in capsys.readouterr().err

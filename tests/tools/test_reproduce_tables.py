@@ -7,19 +7,19 @@ import shutil
 
 import pytest
 
-import processor
+from processor import tester
 from tests.conftest import tiny_config
 from tools import reproduce_tables
 
 
-def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, tiny_run, tmp_path, capsys):
+def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, trained_run, tmp_path, capsys):
     runs = tmp_path / "runs"
-    shutil.copytree(tiny_run, runs / "Synthetic")          # the --runs layout: <runs>/<DATASET>/
+    shutil.copytree(trained_run, runs / "Synthetic")          # the --runs layout: <runs>/<DATASET>/
     (runs / "MSVR310").mkdir()                              # a run folder without model_final.pth
-    shutil.copy(os.path.join(tiny_run, "model_final.pth"), runs / "RGBNT100.pth")  # or <runs>/<DATASET>.pth
+    shutil.copy(os.path.join(trained_run, "model_final.pth"), runs / "RGBNT100.pth")  # or <runs>/<DATASET>.pth
     out = tmp_path / "tables"
-    reproduce_tables.cli(["--root", tiny_root, "--runs", str(runs),
-                          "--rgbnt201", os.path.join(tiny_run, "model_final.pth"), "--out", str(out),
+    reproduce_tables.main(["--root", tiny_root, "--runs", str(runs),
+                          "--rgbnt201", os.path.join(trained_run, "model_final.pth"), "--out", str(out),
                           "MODEL.DEVICE", "cpu"])
     with open(out / "tables.json") as f:
         records = json.load(f)
@@ -32,7 +32,7 @@ def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, tiny_run, tm
     assert records["MSVR310"]["status"] == f"no model_final.pth in {runs}/MSVR310"
 
     # the same checkpoint through test.py, sweeping the missing modalities
-    expected = processor.test(tiny_config(tiny_root, str(tmp_path / "test"), "TEST.WEIGHT",
+    expected = tester.test(tiny_config(tiny_root, str(tmp_path / "test"), "TEST.WEIGHT",
                                           str(runs / "Synthetic" / "model_final.pth"), "TEST.MISS", "all"))
     ours = records["Synthetic"]
     assert ours["config"] == str(runs / "Synthetic" / "config.yaml")
@@ -59,7 +59,7 @@ def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, tiny_run, tm
 
 def test_a_missing_explicit_checkpoint_is_a_user_error(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        reproduce_tables.cli(["--root", tiny_root, "--synthetic", str(tmp_path / "nope.pth"),
+        reproduce_tables.main(["--root", tiny_root, "--synthetic", str(tmp_path / "nope.pth"),
                               "--out", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err

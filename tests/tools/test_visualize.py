@@ -12,7 +12,7 @@ from PIL import Image
 
 from config import load_config
 from datasets import make_dataset
-from processor.inference import load_trained_model
+from model import load_model, read_checkpoint
 from tools import visualize
 from tools.visualize import (
     COLORMAP,
@@ -84,9 +84,9 @@ def test_colour_map_and_overlay():
     assert np.abs(blended[3] - (0.5 * base + 0.25 * (anchors[2] + anchors[3]))).max() <= 1.0
 
 
-def test_heat_maps_of_a_known_operator(tiny_run):
-    cfg = load_config(os.path.join(tiny_run, "config.yaml"))
-    model = load_trained_model(cfg, os.path.join(tiny_run, "model_final.pth")).eval()
+def test_heat_maps_of_a_known_operator(trained_run):
+    cfg = load_config(os.path.join(trained_run, "config.yaml"))
+    model = load_model(cfg, read_checkpoint(os.path.join(trained_run, "model_final.pth"))).eval()
     gate_bias = 0.7
     with torch.no_grad():
         for op in model.heat.operators:
@@ -111,11 +111,11 @@ def test_heat_maps_of_a_known_operator(tiny_run):
         assert maps["change"][m].abs().max() < 1e-5
 
 
-def test_ranks_and_heatmaps_commands(tiny_run, tmp_path):
-    config = os.path.join(tiny_run, "config.yaml")
-    weight = os.path.join(tiny_run, "model_final.pth")
+def test_ranks_and_heatmaps_commands(trained_run, tmp_path):
+    config = os.path.join(trained_run, "config.yaml")
+    weight = os.path.join(trained_run, "model_final.pth")
     ranks_png = str(tmp_path / "ranks.png")
-    visualize.cli(["ranks", "--num", "2", "--topk", "3", "--tile-height", "16", "--out", ranks_png,
+    visualize.main(["ranks", "--num", "2", "--topk", "3", "--tile-height", "16", "--out", ranks_png,
                    "--config_file", config, "TEST.WEIGHT", weight, "TEST.MISS", "n"])
     image = Image.open(ranks_png)
     # 2 rows x (query + 3 items); frames 8 + 6 wide, 3 x 16 + 6 high; columns as wide as the labels
@@ -124,18 +124,18 @@ def test_ranks_and_heatmaps_commands(tiny_run, tmp_path):
     columns = image.size[0] - (gap + 18 + 3 * gap)          # = 4 column widths
     assert columns % 4 == 0 and columns // 4 >= 8 + 6
     heat_png = str(tmp_path / "heat.png")
-    visualize.cli(["heatmaps", "--indices", "0,5", "--tile-height", "32", "--colors", "32", "--per-map",
+    visualize.main(["heatmaps", "--indices", "0,5", "--tile-height", "32", "--colors", "32", "--per-map",
                    "--out", heat_png, "--config_file", config, "TEST.WEIGHT", weight])
     heat = Image.open(heat_png)
     assert heat.size == (6 + 9 * (16 + 6), 24 + 2 * (12 + 32 + 6) + 6)
     assert heat.mode == "P" and len(heat.getcolors()) <= 32
 
 
-def test_embedding_command_writes_the_projector_files(tiny_run, tmp_path):
+def test_embedding_command_writes_the_projector_files(trained_run, tmp_path):
     out = str(tmp_path / "projector")
-    visualize.cli(["embedding", "--num", "5", "--miss", "none,rn", "--tile-height", "8", "--out", out,
-                   "--config_file", os.path.join(tiny_run, "config.yaml"),
-                   "TEST.WEIGHT", os.path.join(tiny_run, "model_final.pth")])
+    visualize.main(["embedding", "--num", "5", "--miss", "none,rn", "--tile-height", "8", "--out", out,
+                   "--config_file", os.path.join(trained_run, "config.yaml"),
+                   "TEST.WEIGHT", os.path.join(trained_run, "model_final.pth")])
     folder = os.path.join(out, "00000", "test_features")
     with open(os.path.join(folder, "metadata.tsv")) as f:
         rows = list(csv.reader(f, delimiter="\t"))
@@ -152,9 +152,9 @@ def test_embedding_command_writes_the_projector_files(tiny_run, tmp_path):
     assert os.path.isfile(os.path.join(out, "projector_config.pbtxt"))
 
 
-def test_bad_arguments_are_user_errors(tiny_run, capsys):
+def test_bad_arguments_are_user_errors(trained_run, capsys):
     with pytest.raises(SystemExit) as exc:
-        visualize.cli(["ranks", "--config_file", os.path.join(tiny_run, "config.yaml"),
-                       "TEST.WEIGHT", os.path.join(tiny_run, "model_final.pth"), "TEST.MISS", "all"])
+        visualize.main(["ranks", "--config_file", os.path.join(trained_run, "config.yaml"),
+                       "TEST.WEIGHT", os.path.join(trained_run, "model_final.pth"), "TEST.MISS", "all"])
     assert exc.value.code == 2
     assert "TEST.MISS" in capsys.readouterr().err

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-import processor
-from model import make_model
-from processor.checkpoint import atomic_save, model_checkpoint
+from model import checkpoint_record, make_model
+from processor import tester, trainer
+from processor.cli import run_cli
 from tests.conftest import REPO, tiny_config
-from utils.cli import run_cli
+from utils.files import atomic_save
 
 SYNTHETIC = os.path.join(REPO, "configs", "Synthetic", "MHCF.yml")
 
@@ -39,7 +39,7 @@ def checkpoints(tiny_root, tmp_path):
                        "size": ["INPUT.SIZE_TRAIN", "[32, 16]"]}.items():
         cfg = tiny_config(tiny_root, str(tmp_path), *opts)
         paths[name] = str(tmp_path / f"{name}.pth")
-        atomic_save(model_checkpoint(make_model(cfg, 8), 8, cfg.dump(), 1), paths[name])
+        atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 1), paths[name])
     paths["random"] = str(tmp_path / "random.pth")
     with open(paths["random"], "wb") as f:
         f.write(random.Random(0).randbytes(1000))  # fails to unpickle (tested for many seeds elsewhere)
@@ -49,34 +49,34 @@ def checkpoints(tiny_root, tmp_path):
 def test_config_and_checkpoint_mistakes(tiny_root, tmp_path, capsys, checkpoints):
     base = ["--config_file", SYNTHETIC, "DATASETS.ROOT_DIR", tiny_root, "OUTPUT_DIR", str(tmp_path / "out"),
             "MODEL.DEVICE", "cpu"]
-    line = _one_line_error(capsys, processor.train, [*base, "SOLVER.MAX_EPOCH", "3"])
+    line = _one_line_error(capsys, trainer.train, [*base, "SOLVER.MAX_EPOCH", "3"])
     assert "unknown config key SOLVER.MAX_EPOCH" in line
-    line = _one_line_error(capsys, processor.train, [*base, "SOLVER.MAX_EPOCHS", "abc"])
+    line = _one_line_error(capsys, trainer.train, [*base, "SOLVER.MAX_EPOCHS", "abc"])
     assert "SOLVER.MAX_EPOCHS must be int" in line and "'abc'" in line
-    line = _one_line_error(capsys, processor.test, base)
+    line = _one_line_error(capsys, tester.test, base)
     assert "TEST.WEIGHT" in line
     missing = str(tmp_path / "nowhere.pth")
-    line = _one_line_error(capsys, processor.test, [*base, "TEST.WEIGHT", missing])
+    line = _one_line_error(capsys, tester.test, [*base, "TEST.WEIGHT", missing])
     assert "checkpoint not found" in line and missing in line
-    line = _one_line_error(capsys, processor.test, [*base, "TEST.WEIGHT", checkpoints["random"]])
+    line = _one_line_error(capsys, tester.test, [*base, "TEST.WEIGHT", checkpoints["random"]])
     assert checkpoints["random"] in line and "not a readable PyTorch checkpoint" in line
-    line = _one_line_error(capsys, processor.test, [*base, "TEST.WEIGHT", checkpoints["stencil"]])
+    line = _one_line_error(capsys, tester.test, [*base, "TEST.WEIGHT", checkpoints["stencil"]])
     assert checkpoints["stencil"] in line and "does not fit the configured model" in line
     assert "missing" in line and "heat.conductivity" in line          # first differing keys named
-    line = _one_line_error(capsys, processor.test, [*base, "TEST.WEIGHT", checkpoints["size"]])
+    line = _one_line_error(capsys, tester.test, [*base, "TEST.WEIGHT", checkpoints["size"]])
     assert "shape mismatch" in line and "backbone.pos_embed (1, 9, 128) vs model (1, 33, 128)" in line
 
     # resuming from a last.pth of another model, or from a damaged one
     out = tmp_path / "resume"
     out.mkdir()
     resume = [*base[:4], "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.RESUME", "True"]
-    atomic_save({**model_checkpoint(make_model(tiny_config(tiny_root, str(out), "MODEL.HEAT.DIFFUSION",
+    atomic_save({**checkpoint_record(make_model(tiny_config(tiny_root, str(out), "MODEL.HEAT.DIFFUSION",
                                                            "stencil"), 8), 8, "", 1), "optimizer": {}},
                 str(out / "last.pth"))
-    line = _one_line_error(capsys, processor.train, resume)
+    line = _one_line_error(capsys, trainer.train, resume)
     assert str(out / "last.pth") in line and "does not fit the configured model" in line
     os.replace(checkpoints["random"], out / "last.pth")
-    line = _one_line_error(capsys, processor.train, resume)
+    line = _one_line_error(capsys, trainer.train, resume)
     assert str(out / "last.pth") in line and "not a readable PyTorch checkpoint" in line
 
 

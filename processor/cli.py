@@ -7,8 +7,9 @@ from collections.abc import Callable
 from yacs.config import CfgNode
 
 from config import load_config
+from utils.errors import UserError
 
-from .errors import UserError
+__all__ = ["exit_on_user_error", "run_cli"]
 
 
 def run_cli(main: Callable[[CfgNode], object], description: str, argv: list[str] | None = None) -> None:

@@ -16,8 +16,9 @@ theirs                                      ours
 ``bn_r/n/t``, ``fc_r/n/t`` (vehicles)       ``heads.{RGB,NI,TI}.bn``, ``heads.{RGB,NI,TI}.classifier``
 ==========================================  ===============================================================
 
-Their operator is ours with ``MODEL.HEAT.DIFFUSION stencil`` (DESIGN §4.4); the per-modality heads exist
-with ``MODEL.DIRECT False``. Keys without a counterpart are listed in :data:`RELEASED_IGNORED_KEYS`.
+Their operator is ours with ``MODEL.HEAT.DIFFUSION stencil`` (docs/heat_operator.md); the per-modality heads
+exist with ``MODEL.MODALITY_HEADS True`` (their ``MODEL.DIRECT False``). Keys without a counterpart are listed
+in :data:`RELEASED_IGNORED_KEYS`.
 """
 
 import logging
@@ -26,7 +27,7 @@ import torch
 
 from utils.errors import UserError
 
-from .clip_weights import openai_to_timm
+from .clip.convert import openai_to_timm
 from .heat import stencil_average
 from .mhcf import MHCF
 
@@ -37,7 +38,7 @@ _RELEASED_MARKERS = ("image_encoder.", "heat.heat_conductor.")
 
 #: Released keys without a counterpart here: ``alpha_patch`` is a parameter their operator never uses; the
 #: adjacency is a buffer we compute (it is checked against ours, which also checks the token grid).
-#: ``image_encoder.proj`` (OpenAI's image-text projection) is dropped by :func:`~model.clip_weights.openai_to_timm`.
+#: ``image_encoder.proj`` (OpenAI's image-text projection) is dropped by :func:`~model.clip.convert.openai_to_timm`.
 RELEASED_IGNORED_KEYS = ("heat.heat_conductor.alpha_patch", "heat.heat_conductor.spatial_adjacency")
 
 _ADJACENCY_KEY = "heat.heat_conductor.spatial_adjacency"
@@ -120,12 +121,12 @@ def _check_config(state: dict[str, torch.Tensor], model: MHCF, path: str) -> Non
         raise UserError(f"{path} is one of the authors' released checkpoints: it needs MODEL.MODALITIES "
                         f"{list(_MODALITIES)}, got {list(model.modalities)}")
     per_modality = any(k.startswith(("bn_r.", "fc_r.")) for k in state)
-    if per_modality and model.direct:
+    if per_modality and not model.modality_heads:
         raise UserError(f"{path} is one of the authors' vehicle checkpoints, with per-modality heads "
-                        f"(bn_r/fc_r, ...): set MODEL.DIRECT False")
-    if not per_modality and not model.direct:
+                        f"(bn_r/fc_r, ...): set MODEL.MODALITY_HEADS True (their MODEL.DIRECT False)")
+    if not per_modality and model.modality_heads:
         raise UserError(f"{path} is one of the authors' checkpoints without per-modality heads (bn_r/fc_r, ...): "
-                        f"set MODEL.DIRECT True")
+                        f"set MODEL.MODALITY_HEADS False (their MODEL.DIRECT True)")
     h, w = op.grid
     ph, pw = model.encoder(model.modalities[0]).patch_embed.patch_size
     if _POSITIONS_KEY in state and state[_POSITIONS_KEY].shape[0] - 1 != h * w:

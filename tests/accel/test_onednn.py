@@ -4,12 +4,14 @@ import pytest
 import torch
 from timm.layers import Mlp, QuickGELU
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-import model.onednn as onednn
-from model.attention import FastAttention
+import accel
+import accel.onednn as onednn
+from accel import use_cpu_kernels
+from accel.attention import FastAttention
+from accel.onednn import OneDNNLinear, QuickGELUMlp
 from model.backbone import ClipViT
-from model.onednn import OneDNNLinear, QuickGELUMlp, use_onednn
+from utils.flops import count_flops
 
 
 def _grads(fn, *tensors):
@@ -60,12 +62,12 @@ def test_quick_gelu_mlp_matches_reference_forward_and_backward():
         _close(a, b)
 
 
-def test_use_onednn_keeps_parameters_and_outputs_of_a_backbone():
+def test_use_cpu_kernels_keeps_parameters_and_outputs_of_a_backbone():
     """Swapped backbone: same state dict, and outputs and gradients as close to a float64 computation as
     the stock float32 backbone's."""
     torch.manual_seed(0)
     stock = ClipViT("ViT-Mini-8", (32, 16)).train()
-    fast = use_onednn(copy.deepcopy(stock))
+    fast = use_cpu_kernels(copy.deepcopy(stock))
     exact = copy.deepcopy(stock).double()
     assert all(isinstance(b.mlp, QuickGELUMlp) for b in fast.blocks)
     assert all(isinstance(b.attn, FastAttention) for b in fast.blocks)
@@ -102,18 +104,15 @@ def test_flop_counter_counts_the_onednn_path_like_the_stock_one(input_grad):
     x = torch.randn(10, 16, requires_grad=input_grad)
     counts = []
     for module in (stock, fast):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            module(x).sum().backward()
-        counts.append(counter.get_total_flops())
+        counts.append(count_flops(lambda m=module: m(x).sum().backward())[0])
     gemm = 2 * 10 * 16 * 64
     assert counts[0] == counts[1] == (6 if input_grad else 5) * gemm  # 2 forward GEMMs, 2 + 2 (or 1) backward
 
 
-def test_use_onednn_is_a_no_op_without_onednn(monkeypatch):
-    monkeypatch.setattr(onednn, "onednn_available", lambda: False)
+def test_use_cpu_kernels_is_a_no_op_without_onednn(monkeypatch):
+    monkeypatch.setattr(accel, "onednn_available", lambda: False)
     model = nn.Sequential(nn.Linear(4, 4))
-    assert type(use_onednn(model)[0]) is nn.Linear
+    assert type(use_cpu_kernels(model)[0]) is nn.Linear
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -139,11 +138,11 @@ def test_onednn_available_probes_the_kernels(monkeypatch, caplog):
                             (lambda *a, **k: real(*a, **k) * 1.01, "disagree with torch.mm")):
         monkeypatch.setattr(onednn, "_matmul_nt", broken)
         onednn.onednn_available.cache_clear()
-        with caplog.at_level("WARNING", logger="model.attention"):
+        with caplog.at_level("WARNING", logger="accel.probe"):
             assert not onednn.onednn_available()
         assert message in caplog.text
         model = nn.Sequential(nn.Linear(4, 4))
-        assert type(use_onednn(model)[0]) is nn.Linear  # falls back to PyTorch's layers
+        assert type(use_cpu_kernels(model)[0]) is nn.Linear  # falls back to PyTorch's layers
     monkeypatch.setattr(onednn, "_matmul_nt", real)
     onednn.onednn_available.cache_clear()
     assert onednn.onednn_available()

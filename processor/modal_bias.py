@@ -3,7 +3,7 @@
 One pass over the test samples measures the modality gap of the class tokens after the backbone and
 after each heat cycle (and of the patch means before and after the heat cycles), each modality's share
 of the features' energy and variance, and the heat operators' conductivities and gates per edge; the
-missing-modality sweep of :func:`processor.inference.evaluate` gives retrieval with each single modality
+missing-modality sweep of :func:`processor.evaluation.evaluate` gives retrieval with each single modality
 and each pair.
 """
 
@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 from datasets import MultiModalDataset, make_test_loader
 from model import MHCF
 from model.mhcf import TEST_FEATURES
-from utils.analysis import (
+from utils.bias_measures import (
     RunningMean,
     energy_shares,
     flatten_scalars,
@@ -28,15 +28,15 @@ from utils.analysis import (
     variance_shares,
 )
 from utils.metrics import RankResult
+from utils.modalities import miss_settings, missing_modalities
 
-from .inference import batch_to, evaluate, miss_settings, missing_modalities
+from .device import batch_to
+from .evaluation import evaluate, evaluation_samples
+
+__all__ = ["analyse_modal_bias", "feature_statistics", "format_modal_bias", "log_modal_bias",
+           "modal_bias_scalars"]
 
 logger = logging.getLogger(__name__)
-
-
-def evaluation_samples(dataset: MultiModalDataset) -> list:
-    """Every test sample once: the query (when it is also the gallery) or query + gallery."""
-    return list(dataset.query) if dataset.gallery is dataset.query else [*dataset.query, *dataset.gallery]
 
 
 @torch.no_grad()

@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import RankResult, protocol_masks
+from .modalities import kept_modalities
+
+__all__ = ["RunningMean", "energy_shares", "flatten_scalars", "mean_spatial_gates", "modality_gap", "pair_name",
+           "patch_change", "ranked_lists", "retrieval_by_modalities", "retrieval_summary", "variance_shares"]
 
 
 def pair_name(a: str, b: str) -> str:
@@ -107,11 +111,6 @@ class RunningMean:
 
     def compute(self) -> dict[str, float]:
         return {name: s / self.counts[name] for name, s in self.sums.items()}
-
-
-def kept_modalities(missing: Sequence[str], modalities: Sequence[str]) -> str:
-    """``"NI+TI"`` for RGB missing out of RGB/NI/TI: the name of the modalities a setting keeps."""
-    return "+".join(m for m in modalities if m not in missing)
 
 
 def retrieval_by_modalities(results: Mapping[str, RankResult], missing: Mapping[str, Sequence[str]],

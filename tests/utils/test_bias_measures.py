@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.analysis import (
+from utils.bias_measures import (
     RunningMean,
     energy_shares,
     flatten_scalars,

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-import processor
-from model import make_model
-from processor.checkpoint import atomic_save, model_checkpoint
+from model import checkpoint_record, make_model
+from processor import tester
 from tests.conftest import tiny_config
+from utils.files import atomic_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,9 +16,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_re_ranking_runs_through_test_py(tiny_root, tmp_path):
     cfg = tiny_config(tiny_root, str(tmp_path))
     weight = str(tmp_path / "model.pth")
-    atomic_save(model_checkpoint(make_model(cfg, 8), 8, cfg.dump(), 0), weight)
-    plain = processor.test(tiny_config(tiny_root, str(tmp_path / "plain"), "TEST.WEIGHT", weight))
-    ranked = processor.test(tiny_config(tiny_root, str(tmp_path / "rr"), "TEST.WEIGHT", weight,
+    atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 0), weight)
+    plain = tester.test(tiny_config(tiny_root, str(tmp_path / "plain"), "TEST.WEIGHT", weight))
+    ranked = tester.test(tiny_config(tiny_root, str(tmp_path / "rr"), "TEST.WEIGHT", weight,
                                         "TEST.RE_RANKING", "True"))
     with open(os.path.join(tmp_path, "rr", "test_results.json")) as f:
         saved = json.load(f)
@@ -26,7 +26,7 @@ def test_re_ranking_runs_through_test_py(tiny_root, tmp_path):
     assert plain["re_ranking"] is False and ranked["mAP"] != plain["mAP"]
     # lambda = 1 keeps only the original distance (each query's row scaled by a constant): the ranking,
     # hence every figure, is the plain one
-    original = processor.test(tiny_config(tiny_root, str(tmp_path / "l1"), "TEST.WEIGHT", weight,
+    original = tester.test(tiny_config(tiny_root, str(tmp_path / "l1"), "TEST.WEIGHT", weight,
                                           "TEST.RE_RANKING", "True", "TEST.RE_RANKING_LAMBDA", "1.0"))
     for key in ("mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"):
         assert original[key] == pytest.approx(plain[key], abs=1e-9), key

@@ -16,34 +16,21 @@ timm's forward), and only for plain attention (no mask, dropout, q/k norms or ga
 """
 
 import functools
-import logging
-from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
-__all__ = ["FastAttention", "batched_matmul", "fast_attention_available", "fast_path", "kernels_agree"]
+from .probe import fast_path, kernels_agree
 
-logger = logging.getLogger(__name__)
-
-
-def _convolution_pointwise_flop(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
-    """FLOPs of oneDNN's convolution for ``torch.utils.flop_counter``, counted as ``aten.convolution``'s: so
-    :func:`batched_matmul` counts as the batched product it computes."""
-    return conv_flop_count(x_shape, w_shape, out_shape)
+__all__ = ["FastAttention", "batched_matmul", "fast_attention_available"]
 
 
 def _kernel_present() -> bool:
     """This PyTorch build has oneDNN's convolution operator."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-if _kernel_present() and torch.ops.mkldnn._convolution_pointwise not in flop_registry:
-    register_flop_formula(torch.ops.mkldnn._convolution_pointwise)(_convolution_pointwise_flop)
 
 
 def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -55,25 +42,10 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.view(G, m, b.shape[2])                                           # (G, m, n)
 
 
-def kernels_agree(what: str, reference: str,
-                  results: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> bool:
-    """Whether kernels compute what they should on a small probe: ``results()`` gives (float32 kernel output,
-    float64 ``reference`` value) pairs, compared to 1e-4. A kernel error or a disagreement is logged as a
-    warning naming ``what``, and the caller keeps PyTorch's kernels."""
-    try:
-        ok = all(torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4) for got, want in results())
-    except RuntimeError as err:
-        logger.warning("%s unavailable, using PyTorch's (%s)", what, str(err).partition("\n")[0] or type(err).__name__)
-        return False
-    if not ok:
-        logger.warning("%s disagree with %s on this machine, using PyTorch's", what, reference)
-    return ok
-
-
 @functools.cache
 def fast_attention_available() -> bool:
     """True when oneDNN's convolution is present and :func:`batched_matmul` computes, on a small probe, what
-    ``torch.bmm`` computes (otherwise :func:`model.onednn.use_onednn` leaves timm's attention in place)."""
+    ``torch.bmm`` computes (otherwise :func:`accel.use_cpu_kernels` leaves timm's attention in place)."""
     if not _kernel_present():
         return False
     gen = torch.Generator().manual_seed(0)
@@ -131,13 +103,6 @@ class _MultiHeadAttentionFn(torch.autograd.Function):
         for part, d in enumerate((dq, _transposed(dk_t), _transposed(dv_t))):     # each (B*H, N, D)
             dqkv[:, :, part] = d.view(B, H, N, D).transpose(1, 2)
         return dqkv.view(B, N, three_c), None, None
-
-
-def fast_path(x: torch.Tensor) -> bool:
-    """Where the oneDNN kernels of ``MODEL.ONEDNN`` run: float32 CPU tensors outside autocast and
-    ``torch.compile`` (the modules of this package and of :mod:`model.onednn` take PyTorch's path elsewhere)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
 
 
 class FastAttention(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import make_model
-from model.convert import convert_released_state_dict, is_released_state_dict, stencil_adjacency
+from model.released import convert_released_state_dict, is_released_state_dict, stencil_adjacency
 from tests.conftest import tiny_config
 from tests.model.released_reference import dense_adjacency, released_features, released_state_dict
 from utils.errors import UserError
@@ -28,7 +28,7 @@ def _released(vehicle: bool = False, grid=GRID, seed: int = 0):
 
 @pytest.mark.parametrize("vehicle, opts", [
     (False, []),
-    (True, ["MODEL.DIRECT", "False"]),
+    (True, ["MODEL.MODALITY_HEADS", "True"]),
     (False, ["MODEL.SHARED_BACKBONE", "False", "MODEL.HEAT.SHARE_OPERATOR", "False"]),
 ])
 def test_converted_checkpoint_computes_the_released_model(tmp_path, vehicle, opts):
@@ -71,11 +71,11 @@ def test_dct_diffusion_asks_for_the_stencil(tmp_path):
 
 def test_per_modality_heads_ask_for_the_matching_direct_setting(tmp_path):
     vehicle, _ = _released(vehicle=True)
-    with pytest.raises(UserError, match="vehicle checkpoints.*set MODEL.DIRECT False"):
+    with pytest.raises(UserError, match="vehicle checkpoints.*set MODEL.MODALITY_HEADS True"):
         convert_released_state_dict(vehicle, _model(tmp_path), "872.pth")
     person, _ = _released(vehicle=False)
-    with pytest.raises(UserError, match="set MODEL.DIRECT True"):
-        convert_released_state_dict(person, _model(tmp_path, "MODEL.DIRECT", "False"), "817.pth")
+    with pytest.raises(UserError, match="set MODEL.MODALITY_HEADS False"):
+        convert_released_state_dict(person, _model(tmp_path, "MODEL.MODALITY_HEADS", "True"), "817.pth")
 
 
 def test_token_grid_must_match_the_input_size(tmp_path):

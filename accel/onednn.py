@@ -2,15 +2,15 @@
 
 PyTorch runs fp32 ``nn.Linear`` on CPU through its BLAS (MKL), which on some CPUs (AMD's with AVX-512, for
 one) takes an AVX2 code path at half the machine's matmul rate. The oneDNN library shipped inside PyTorch
-reaches the full rate. :func:`use_onednn` swaps the model's linear layers, QuickGELU MLPs and attention
-for drop-in modules (same parameters, same state-dict names) whose forward and backward call oneDNN:
+reaches the full rate. :func:`accel.use_cpu_kernels` swaps the model's linear layers, QuickGELU MLPs and
+attention for drop-in modules (same parameters, same state-dict names) whose forward and backward call oneDNN:
 
 - :class:`OneDNNLinear`: ``y = x W^T + b`` with the three GEMMs of its forward and backward in oneDNN;
 - :class:`QuickGELUMlp`: ``fc2(quick_gelu(fc1(x)))`` with ``quick_gelu(y) = y sigmoid(1.702 y)`` computed as
   ``silu(1.702 y) / 1.702``, the first scale folded into fc1's weights and the second into fc2's output,
   so the activation costs one fused pass forward and one backward instead of timm's three and five, keeps
   two activations for backward instead of three, and backward needs no scaled weights at all;
-- :class:`~model.attention.FastAttention`: the ViT's multi-head attention as oneDNN batched products.
+- :class:`~accel.attention.FastAttention`: the ViT's multi-head attention as oneDNN batched products.
 
 Same numbers as PyTorch's kernels up to float rounding (fp32 throughout, no reduced precision). The fast
 path runs only for float32 CPU tensors outside autocast and ``torch.compile``; anything else takes the
@@ -18,18 +18,16 @@ stock PyTorch path of the same module.
 """
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp, QuickGELU
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .attention import FastAttention, fast_attention_available, fast_path, kernels_agree
+from .probe import fast_path, kernels_agree
 
-__all__ = ["OneDNNLinear", "QuickGELUMlp", "onednn_available", "use_onednn"]
+__all__ = ["OneDNNLinear", "QuickGELUMlp", "onednn_available"]
 
 #: QuickGELU's slope: ``quick_gelu(y) = y * sigmoid(QUICK_GELU_SLOPE * y)``.
 QUICK_GELU_SLOPE = 1.702
@@ -39,23 +37,6 @@ def _kernels_present() -> bool:
     """This PyTorch build has oneDNN and the two operators used here."""
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.aten, "mkldnn_linear_backward_weights"))
-
-
-def _linear_pointwise_flop(x_shape, w_shape, *args, **kwargs) -> int:
-    """FLOPs of oneDNN's ``x @ w.T`` for ``torch.utils.flop_counter`` (as ``aten.mm``: 2 per multiply-add)."""
-    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
-
-
-def _linear_backward_weights_flop(grad_shape, x_shape, *args, **kwargs) -> int:
-    """FLOPs of oneDNN's ``grad.T @ x`` (the bias sum is not counted, as for ``aten.addmm``)."""
-    return 2 * math.prod(x_shape[:-1]) * grad_shape[-1] * x_shape[-1]
-
-
-if _kernels_present():
-    for _op, _formula in ((torch.ops.mkldnn._linear_pointwise, _linear_pointwise_flop),
-                          (torch.ops.aten.mkldnn_linear_backward_weights, _linear_backward_weights_flop)):
-        if _op not in flop_registry:
-            register_flop_formula(_op)(_formula)
 
 
 def _matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,20 +174,3 @@ class QuickGELUMlp(nn.Module):
             return self.fc2(self.act(self.fc1(x)))
         out = _QuickGELUMlpFn.apply(_flat(x), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return out.reshape(*x.shape[:-1], self.fc2.out_features)
-
-
-def use_onednn(model: nn.Module) -> nn.Module:
-    """Swap, in place, every QuickGELU ``Mlp`` for a :class:`QuickGELUMlp`, every other ``nn.Linear`` for a
-    :class:`OneDNNLinear` and every plain timm ``Attention`` for a :class:`~model.attention.FastAttention`
-    (parameters shared, state-dict names unchanged); returns ``model``. A no-op when oneDNN is unavailable."""
-    if not onednn_available():
-        return model
-    swaps = [(QuickGELUMlp.fits, QuickGELUMlp), (OneDNNLinear.fits, OneDNNLinear.from_linear)]
-    if fast_attention_available():  # after the linear layers: FastAttention takes the swapped qkv and proj
-        swaps.append((FastAttention.fits, FastAttention))
-    for fits, make in swaps:
-        for parent in list(model.modules()):
-            for name, child in parent.named_children():
-                if fits(child):
-                    setattr(parent, name, make(child))
-    return model

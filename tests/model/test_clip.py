@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import build_clip_vit, clip_weights
-from model.clip_weights import download_openai, read_openai_state_dict
+from model import build_clip_vit
+from model.clip import download
+from model.clip.archive import read_openai_state_dict
+from model.clip.convert import resize_position_grid
+from model.clip.download import download_openai
 from tests.model.clip_reference import CLIP, randomise
 from utils.errors import UserError
 
@@ -85,7 +88,7 @@ def test_torchscript_reader_executes_nothing(tmp_path):
 
 def test_position_grid_resize_is_bilinear_without_antialias():
     pos = torch.arange(1 + 4, dtype=torch.float32).reshape(1, 5, 1)  # class position 0, grid [[1, 2], [3, 4]]
-    out = clip_weights.resize_position_grid(pos, (4, 2))
+    out = resize_position_grid(pos, (4, 2))
     assert out[0, 0, 0] == 0
     # rows at source coordinates (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamped 0, 0.25, 0.75, 1
     rows = torch.tensor([0.0, 0.25, 0.75, 1.0])
@@ -114,7 +117,7 @@ def _serve(tmp_path, monkeypatch, content: bytes, digest: str | None = None) -> 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ViT-B-16.pt").write_bytes(content)
     url = (folder / "ViT-B-16.pt").as_uri()
-    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16", url)
+    monkeypatch.setitem(download.OPENAI_URLS, "ViT-B-16", url)
     return url
 
 
@@ -127,7 +130,7 @@ def test_download_is_verified_cached_and_reused(tmp_path, monkeypatch):
     assert Path(path).read_bytes() == content
     assert os.listdir(cache) == ["ViT-B-16.pt"]  # no .part file left
     # the verified cache is used without the network
-    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16",
+    monkeypatch.setitem(download.OPENAI_URLS, "ViT-B-16",
                         (tmp_path / "gone" / hashlib.sha256(content).hexdigest() / "ViT-B-16.pt").as_uri())
     assert download_openai("ViT-B-16", cache) == path
 
@@ -147,7 +150,7 @@ def test_corrupt_cached_file_is_replaced_or_refused(tmp_path, monkeypatch):
     cache.mkdir()
     (cache / "ViT-B-16.pt").write_bytes(content[:100])  # a partial download
     # offline: a clear error saying where to put the file, and the partial file is not used
-    monkeypatch.setitem(clip_weights.OPENAI_URLS, "ViT-B-16",
+    monkeypatch.setitem(download.OPENAI_URLS, "ViT-B-16",
                         (tmp_path / "offline" / hashlib.sha256(content).hexdigest() / "ViT-B-16.pt").as_uri())
     with pytest.raises(UserError, match=f"put it at {cache / 'ViT-B-16.pt'}"):
         download_openai("ViT-B-16", str(cache))

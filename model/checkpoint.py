@@ -1,0 +1,120 @@
+"""Checkpoints of whole MHCF models: one reader for every format, which detects the format once.
+
+Formats:
+
+- ours, written by :func:`checkpoint_record`: ``{"format": "mhcf", "version", "model": state_dict,
+  "num_classes", "config": YAML, "epoch"}``, plus the training state in a ``last.pth`` (``optimizer``,
+  ``scheduler``, ``scaler``, ``rng``);
+- the authors' released MHCF checkpoints: a bare state dict of their module (possibly behind ``module.`` or
+  inside ``state_dict`` / ``model``), converted by :mod:`model.released` once the model is built.
+
+:func:`read_checkpoint` returns a :class:`Checkpoint` that carries what it found: format, weights, number of
+identities, config, epoch and training state. ``torch.load`` always runs with ``weights_only=True``.
+"""
+
+import logging
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+from .released import convert_released_state_dict, is_released_state_dict, released_num_classes, strip_module_prefix
+from .state_dict import check_state_fits
+
+__all__ = ["FORMAT", "OURS", "RELEASED", "Checkpoint", "checkpoint_record", "read_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mhcf"  # the "format" entry of our checkpoints
+VERSION = 1
+OURS, RELEASED = "mhcf", "released"
+#: Entries of a ``last.pth`` that resume training (not needed to evaluate).
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as read from ``path``.
+
+    ``state`` holds the model's weights in the format's own names (the released ones are converted by
+    :meth:`load_into`); ``config`` is the YAML of the run that wrote it and ``epoch`` its epoch (ours only);
+    ``training`` holds the optimizer, scheduler, scaler and generator states of a ``last.pth``.
+    """
+
+    path: str
+    format: str
+    state: dict[str, torch.Tensor]
+    num_classes: int
+    config: str | None = None
+    epoch: int | None = None
+    training: dict | None = None
+
+    def load_into(self, model: nn.Module) -> None:
+        """Load the weights into ``model`` strictly (released ones converted first, after checking that the
+        config fits them); a mismatch is a UserError naming the first differing keys and shapes."""
+        state = convert_released_state_dict(self.state, model, self.path) if self.format == RELEASED else self.state
+        check_state_fits(model, state, self.path, "the configured model")
+        model.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
+    """The checkpoint at ``path`` (``what`` names the setting that gave it, for the error of an empty path).
+
+    One-line UserErrors for a missing, unreadable or foreign file."""
+    if not path:
+        raise UserError(f"{what} is empty: give the checkpoint to evaluate")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file fails inside the unpickler in many ways
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc, path)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a checkpoint (it holds a {type(raw).__name__}, not a dict)")
+    if raw.get("format") == FORMAT:
+        state = raw.get("model")
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: an MHCF checkpoint without its model weights (no 'model' state dict)")
+        num_classes = _classifier_rows(state, "heads.ori.classifier.weight", path)
+        training = {k: raw[k] for k in TRAINING_KEYS if k in raw} or None
+        return Checkpoint(path, OURS, state, num_classes, raw.get("config"), raw.get("epoch"), training)
+    state = raw.get("state_dict", raw.get("model", raw))
+    if isinstance(state, dict) and is_released_state_dict(state):
+        logger.info("%s is in the authors' released format: converting it", path)
+        state = strip_module_prefix(state)
+        num_classes = released_num_classes(state)
+        if num_classes is None:
+            raise UserError(f"{path}: no classifier.weight in the released checkpoint")
+        return Checkpoint(path, RELEASED, state, num_classes)
+    raise UserError(f"{path} is not an MHCF checkpoint (neither ours nor the authors' released format)")
+
+
+def _classifier_rows(state: dict[str, torch.Tensor], key: str, path: str) -> int:
+    if key not in state:
+        raise UserError(f"{path}: no {key} in the checkpoint; it is not an MHCF model")
+    return int(state[key].shape[0])
+
+
+def _load_failure(exc: Exception, path: str) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises turning the
+    safety off, which a checkpoint from elsewhere must not be)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?(.+?)(?: was not an allowed|\n|$)",
+                      text.replace("\n\n", " "))
+    if match and "GLOBAL" in match.group(1):
+        return f"it holds Python objects other than tensors and plain containers: {match.group(1).strip()}"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive as torch.save writes, nor a legacy torch file"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first
+
+
+def checkpoint_record(model: nn.Module, num_classes: int, config_yaml: str, epoch: int) -> dict:
+    """A checkpoint of ours for ``model`` (what ``torch.save`` writes; :func:`read_checkpoint` reads it)."""
+    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(), "num_classes": num_classes,
+            "config": config_yaml, "epoch": epoch}
