@@ -110,8 +110,8 @@ def _validate(cfg: CN) -> None:
         if node not in allowed:
             raise UserError(f"config: {key} must be one of {', '.join(allowed)}; got {node!r}")
     mods = list(cfg.MODEL.MODALITIES)
-    if len(set(mods)) != len(mods) or len(mods) < 2:
-        raise UserError(f"config: MODEL.MODALITIES must list at least two distinct names, got {mods}")
+    if len(set(mods)) != len(mods) or not mods:
+        raise UserError(f"config: MODEL.MODALITIES must list distinct names, at least one, got {mods}")
     if sorted(cfg.MODEL.HEAT.ORDER) != sorted(mods):
         raise UserError(
             f"config: MODEL.HEAT.ORDER {list(cfg.MODEL.HEAT.ORDER)} must be a permutation of "
@@ -122,6 +122,12 @@ def _validate(cfg: CN) -> None:
             f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
             f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"
         )
+    if not 0 <= cfg.INPUT.MODALITY_DROPOUT <= 1 or cfg.INPUT.MODALITY_DROPOUT_RAMP < 0:
+        raise UserError(f"config: INPUT.MODALITY_DROPOUT must be a probability (0 to 1) and "
+                        f"INPUT.MODALITY_DROPOUT_RAMP a number of epochs (>= 0); got "
+                        f"{cfg.INPUT.MODALITY_DROPOUT} and {cfg.INPUT.MODALITY_DROPOUT_RAMP}")
+    if cfg.INPUT.MODALITY_DROPOUT > 0 and len(mods) < 2:
+        raise UserError(f"config: INPUT.MODALITY_DROPOUT needs at least two MODEL.MODALITIES, got {mods}")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
         size = cfg.INPUT[key.split(".")[1]]
         if len(size) != 2 or min(size) <= 0:

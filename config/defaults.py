@@ -98,6 +98,15 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # False: every modality draws its own random flip/crop/erasing (the reference code). True: one set of
 # random parameters for all modalities of a sample, keeping them pixel-aligned.
 _C.INPUT.SYNC_AUG = False
+# Training with missing modalities (0: off, the paper's recipe). In epoch e a training sample loses
+# modalities with probability MODALITY_DROPOUT * min(1, e / MODALITY_DROPOUT_RAMP) (MODALITY_DROPOUT
+# throughout when the ramp is 0); it then keeps one of the proper, non-empty subsets of MODEL.MODALITIES,
+# all equally likely. The lost modalities are left out of the model's computation (TEST.MISS protocol
+# "drop"). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed and
+# distributed runs see the same draws.
+_C.INPUT.MODALITY_DROPOUT = 0.0
+# Epochs of the linear ramp of MODALITY_DROPOUT (0: no ramp).
+_C.INPUT.MODALITY_DROPOUT_RAMP = 0
 
 # -----------------------------------------------------------------------------------------------------
 # DATASETS

@@ -1,14 +1,46 @@
 """P x K identity samplers: every batch holds P identities with K instances each.
 
 The epoch order is a pure function of (seed, epoch), so an interrupted run resumes exactly and every
-process of a distributed run agrees on it. Each yielded item is ``(dataset index, augmentation seed)``.
+process of a distributed run agrees on it. Each yielded item is ``(dataset index, augmentation seed)``,
+or ``(dataset index, augmentation seed, {modality: present})`` when training with missing modalities
+(:class:`ModalityDropout`), whose draw is a pure function of (seed, epoch, position) as well.
 """
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class ModalityDropout:
+    """Training with missing modalities: in epoch e (1-based) a sample loses modalities with probability
+    ``rate(e) = prob * min(1, e / ramp_epochs)`` (``prob`` throughout when ``ramp_epochs`` is 0); it then keeps
+    one of the proper, non-empty subsets of ``modalities``, all equally likely (never none, never all)."""
+
+    modalities: tuple[str, ...]
+    prob: float
+    ramp_epochs: int = 0
+
+    def rate(self, epoch: int) -> float:
+        return self.prob * (min(1.0, epoch / self.ramp_epochs) if self.ramp_epochs > 0 else 1.0)
+
+    def subsets(self) -> np.ndarray:
+        """(S, M) bool: the subsets a sample may keep, smallest first, in the order of ``modalities``."""
+        count = len(self.modalities)
+        return np.array([[i in kept for i in range(count)]
+                         for size in range(1, count) for kept in combinations(range(count), size)], dtype=bool)
+
+    def draw(self, seed: int, epoch: int, shape: tuple[int, ...]) -> np.ndarray:
+        """(*shape, M) bool presence of every position of the epoch, from its own random stream."""
+        rng = np.random.default_rng([seed, epoch, 2])
+        drop = rng.random(shape) < self.rate(epoch)
+        subsets = self.subsets()
+        kept = subsets[rng.integers(0, len(subsets), shape)]                 # (*shape, M)
+        return np.where(drop[..., None], kept, True)
 
 
 def identity_batches(pids: Sequence[int], batch_size: int, num_instances: int, seed: int,
@@ -49,11 +81,11 @@ class IdentitySampler(Sampler):
 
     A global batch of P identities is split by identity: rank r gets identities r*P/R .. (r+1)*P/R - 1 with
     all their K instances, so every rank's triplets stay well-formed. Call :meth:`set_epoch` before each
-    epoch.
+    epoch. With ``dropout`` every item also says which modalities its sample keeps.
     """
 
     def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, dropout: ModalityDropout | None = None):
         if batch_size % num_instances:
             raise ValueError(f"batch size {batch_size} is not a multiple of num_instances {num_instances}")
         if (batch_size // num_instances) % num_replicas:
@@ -65,6 +97,7 @@ class IdentitySampler(Sampler):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
+        self.dropout = dropout
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,18 +107,23 @@ class IdentitySampler(Sampler):
     def local_batch_size(self) -> int:
         return self.batch_size // self.num_replicas
 
-    def _local_items(self) -> list[tuple[int, int]]:
-        """This rank's ``(index, augmentation seed)`` pairs: its slice of every global batch.
+    def _local_items(self) -> list[tuple]:
+        """This rank's ``(index, augmentation seed[, presence])`` items: its slice of every global batch.
 
-        Seeds are drawn per position of the global epoch order and sliced like the indices, so the sample
-        at a given position gets the same augmentation whatever the number of processes.
+        Seeds (and presence) are drawn per position of the global epoch order and sliced like the indices, so
+        the sample at a given position gets the same augmentation and keeps the same modalities whatever the
+        number of processes.
         """
         batches = identity_batches(self.pids, self.batch_size, self.num_instances, self.seed, self.epoch)
-        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1,
-                                                                           (len(batches), self.batch_size))
+        shape = (len(batches), self.batch_size)
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1, shape)
         lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
-        return [(index, int(seed)) for batch, batch_seeds in zip(batches, seeds)
-                for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
+        items = [(index, int(seed)) for batch, batch_seeds in zip(batches, seeds)
+                 for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
+        if self.dropout is None:
+            return items
+        present = self.dropout.draw(self.seed, self.epoch, shape)[:, lo:hi].reshape(-1, len(self.dropout.modalities))
+        return [(*item, dict(zip(self.dropout.modalities, map(bool, row)))) for item, row in zip(items, present)]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self._local_items())

@@ -2,11 +2,12 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from datasets import make_dataset, make_train_loader
-from datasets.samplers import IdentitySampler, identity_batches
+from datasets.samplers import IdentitySampler, ModalityDropout, identity_batches
 from tests.conftest import tiny_config
 from utils.errors import UserError
 
@@ -114,4 +115,56 @@ def test_train_loader_batches_reproducible_and_split_over_ranks(tiny_root, tmp_p
     halves = [next(iter(make_train_loader(cfg, dataset, rank=r, world_size=2))) for r in range(2)]
     for key in ("RGB", "NI", "TI", "pid", "camid", "index"):
         assert torch.equal(torch.cat([h[key] for h in halves]), first[key]), key
+    assert "present" not in first
 
+
+def test_train_loader_carries_presence_with_modality_dropout(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, str(tmp_path), "INPUT.MODALITY_DROPOUT", "0.7")
+    dataset = make_dataset("Synthetic", tiny_root)
+    loader = make_train_loader(cfg, dataset)
+    batch = next(iter(loader))
+    present = torch.stack([batch["present"][m] for m in ("RGB", "NI", "TI")], 1)   # (16, 3)
+    assert present.dtype == torch.bool and present.shape == (16, 3)
+    item = next(iter(loader.sampler))
+    assert torch.equal(present[0], torch.tensor(list(item[2].values())))
+    assert present.any(1).all() and not present.all(1).all()
+    plain = next(iter(make_train_loader(tiny_config(tiny_root, str(tmp_path)), dataset)))
+    for key in ("RGB", "NI", "TI", "index"):  # the same samples, augmented alike
+        assert torch.equal(batch[key], plain[key]), key
+
+
+
+def test_modality_dropout_schedule_and_draws():
+    dropout = ModalityDropout(("RGB", "NI", "TI"), 0.6, ramp_epochs=4)
+    assert [dropout.rate(e) for e in (1, 2, 4, 9)] == pytest.approx([0.15, 0.3, 0.6, 0.6])
+    assert ModalityDropout(("RGB", "NI", "TI"), 0.6).rate(1) == 0.6
+    assert dropout.subsets().tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]
+    present = dropout.draw(seed=3, epoch=2, shape=(300, 40))                      # (300, 40, 3)
+    assert np.array_equal(present, dropout.draw(seed=3, epoch=2, shape=(300, 40)))
+    assert not np.array_equal(present, dropout.draw(seed=3, epoch=3, shape=(300, 40)))
+    rows = present.reshape(-1, 3)
+    assert rows.any(1).all()                                          # never every modality lost
+    lost = ~rows.all(1)
+    assert lost.mean() == pytest.approx(0.3, abs=0.015)               # rate(2); 4.5 binomial std
+    kept = Counter(map(tuple, rows[lost].astype(int).tolist()))
+    assert set(kept) == set(map(tuple, dropout.subsets().astype(int).tolist()))
+    assert all(abs(n / lost.sum() - 1 / 6) < 0.015 for n in kept.values())  # the six subsets alike
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_dropout_keeps_the_order_and_follows_positions(world_size):
+    """Presence is one more draw per position of the epoch: data order and augmentation seeds are those of
+    training without it, and every process gets the presence of the positions it holds."""
+    dropout = ModalityDropout(("RGB", "NI", "TI"), 0.5)
+    plain = list(IdentitySampler(PIDS, P * K, K, seed=11))
+    shares = []
+    for rank in range(world_size):
+        sampler = IdentitySampler(PIDS, P * K, K, seed=11, num_replicas=world_size, rank=rank, dropout=dropout)
+        shares.append(list(sampler))
+    local = P * K // world_size
+    rebuilt = [item for b in range(len(plain) // (P * K)) for share in shares
+               for item in share[b * local:(b + 1) * local]]
+    assert [item[:2] for item in rebuilt] == plain
+    expected = dropout.draw(11, 0, (len(plain) // (P * K), P * K)).reshape(-1, 3)
+    assert [list(item[2].values()) for item in rebuilt] == expected.tolist()
+    assert all(list(item[2]) == ["RGB", "NI", "TI"] for item in rebuilt)
