@@ -109,7 +109,7 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
                     f" (reached after a linear ramp of {dropout.ramp_epochs} epochs)" if dropout.ramp_epochs else "")
     sampler = IdentitySampler([s.pid for s in dataset.train], batch_size, instances, seed=cfg.SOLVER.SEED,
                               num_replicas=world_size, rank=rank, dropout=dropout)
-    return DataLoader(data, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
+    return DataLoader(data, batch_size=sampler.items_per_batch, sampler=sampler, drop_last=True,
                       **_loader_kwargs(cfg, pin_memory))
 
 

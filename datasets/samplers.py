@@ -107,6 +107,11 @@ class IdentitySampler(Sampler):
     def local_batch_size(self) -> int:
         return self.batch_size // self.num_replicas
 
+    @property
+    def items_per_batch(self) -> int:
+        """Items of one local batch: its samples, and as many copies with ``dropout``."""
+        return self.local_batch_size * (1 if self.dropout is None else 2)
+
     def _local_items(self) -> list[tuple]:
         """This rank's ``(index, augmentation seed[, presence])`` items: its slice of every global batch.
 
@@ -122,12 +127,19 @@ class IdentitySampler(Sampler):
                  for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
         if self.dropout is None:
             return items
-        present = self.dropout.draw(self.seed, self.epoch, shape)[:, lo:hi].reshape(-1, len(self.dropout.modalities))
-        return [(*item, dict(zip(self.dropout.modalities, map(bool, row)))) for item, row in zip(items, present)]
+        modalities = self.dropout.modalities
+        present = self.dropout.draw(self.seed, self.epoch, shape)[:, lo:hi]        # (batches, local, M)
+        local = self.local_batch_size
+        out = []
+        for b, rows in enumerate(present):  # every local batch: its samples complete, then their copies
+            chunk = items[b * local:(b + 1) * local]
+            out += [(*item, dict.fromkeys(modalities, True)) for item in chunk]
+            out += [(*item, dict(zip(modalities, map(bool, row)))) for item, row in zip(chunk, rows)]
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self._local_items())
 
     def __len__(self) -> int:
         batches = identity_batches(self.pids, self.batch_size, self.num_instances, self.seed, self.epoch)
-        return len(batches) * self.local_batch_size
+        return len(batches) * self.items_per_batch

@@ -145,6 +145,16 @@ def _render(attrs: tuple[int, int, int, int], cam: int, rng: np.random.Generator
     return {m: (np.clip(v, 0, 1) * 255).round().astype(np.uint8) for m, v in out.items()}
 
 
+def identity_attributes(count: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """(colour, texture, hot bands, build) of identities 1..count: distinct (colour, texture, hot bands)
+    combinations, and a build drawn independently. ``generate`` draws them first from its generator, so
+    ``identity_attributes(n, np.random.default_rng(seed))`` gives the identities of a generated set."""
+    combos = [(c, t, h) for c in range(NUM_VALUES) for t in range(NUM_VALUES) for h in range(NUM_VALUES)]
+    chosen = rng.choice(len(combos), size=count, replace=False)
+    builds = rng.integers(0, NUM_BUILDS, size=count)
+    return [(*combos[c], int(b)) for c, b in zip(chosen, builds)]
+
+
 def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_IDS,
              shots_per_camera: int = SHOTS_PER_CAMERA, seed: int = SEED) -> None:
     """Write the Synthetic dataset into ``dataset_dir`` (created atomically: a temporary folder is renamed).
@@ -156,16 +166,14 @@ def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     rng = np.random.default_rng(seed)
-    combos = [(c, t, h) for c in range(NUM_VALUES) for t in range(NUM_VALUES) for h in range(NUM_VALUES)]
-    chosen = rng.choice(len(combos), size=train_ids + test_ids, replace=False)
-    builds = rng.integers(0, NUM_BUILDS, size=train_ids + test_ids)
+    attributes = identity_attributes(train_ids + test_ids, rng)
     count = 0
     for split, pids in (("train_171", range(1, train_ids + 1)),
                         ("test", range(train_ids + 1, train_ids + test_ids + 1))):
         for modality in RGBNT201.modality_dirs.values():
             os.makedirs(os.path.join(tmp, split, modality))
         for pid in pids:
-            attrs = (*combos[chosen[pid - 1]], int(builds[pid - 1]))
+            attrs = attributes[pid - 1]
             for cam in range(1, CAMERAS + 1):
                 for shot in range(shots_per_camera):
                     name = f"{pid:06d}_cam{cam}_0_{shot:02d}.jpg"
