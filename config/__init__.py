@@ -7,7 +7,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
-from utils.modalities import initial, setting_error
+from utils.modalities import PROTOCOLS, initial, setting_error
 
 from .authors import resolve_alias
 from .defaults import _C
@@ -22,6 +22,7 @@ _CHOICES = {
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),
     "TEST.NECK_FEAT": ("before", "after"),
+    "TEST.MISS_PROTOCOL": PROTOCOLS,
 }
 
 
@@ -135,9 +136,10 @@ def _validate(cfg: CN) -> None:
     if len({initial(m) for m in mods}) != len(mods):
         raise UserError(f"config: the MODEL.MODALITIES {mods} must start with distinct letters (TEST.MISS names "
                         f"missing modalities by their initials)")
-    problem = setting_error(cfg.TEST.MISS, mods)
-    if problem:
-        raise UserError(f"config: TEST.MISS {problem}")
+    for key in ("MISS", "QUERY_MISS", "GALLERY_MISS"):
+        problem = setting_error(cfg.TEST[key], mods) if key == "MISS" or cfg.TEST[key] else None
+        if problem:
+            raise UserError(f"config: TEST.{key} {problem}")
 
 
 def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:

@@ -192,8 +192,20 @@ _C.TEST.FEAT_NORM = True
 # Test feature taken "before" or "after" the BNNeck batch norms.
 _C.TEST.NECK_FEAT = "before"
 # Missing modalities at test time, in query and gallery: "none", a combination of the modalities'
-# initials ("r", "n", "t", "rn", "rt", "nt"), or "all" to sweep none and the six settings.
+# initials ("r", "n", "t", "rn", "rt", "nt"), or "all" to sweep none and the six settings under both
+# protocols (TEST.MISS_PROTOCOL).
 _C.TEST.MISS = "none"
+# How a missing modality is handled (utils/modalities.py): "zero" (its image is zeros, the model runs as
+# usual; as DeMo, TOP-ReID and IDEA evaluate) or "drop" (left out of the model's computation, as in
+# training with INPUT.MODALITY_DROPOUT). For one TEST.MISS setting and for TEST.QUERY_MISS /
+# TEST.GALLERY_MISS; TEST.MISS "all" evaluates both.
+_C.TEST.MISS_PROTOCOL = "zero"
+# Any-to-any retrieval: the missing modalities of the query and of the gallery, set independently, in the
+# vocabulary of TEST.MISS ("all": every setting, none included). "" means TEST.MISS. When either is set,
+# every query setting is evaluated against every gallery setting under TEST.MISS_PROTOCOL (both "all": the
+# 7 x 7 table of modality subsets, for three modalities).
+_C.TEST.QUERY_MISS = ""
+_C.TEST.GALLERY_MISS = ""
 # k-reciprocal re-ranking (Zhong et al., CVPR 2017) and its parameters.
 _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20

@@ -20,6 +20,7 @@ Pose, size, position, brightness, noise and backgrounds vary per image (camera n
 reader serves this folder unchanged.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -51,6 +52,9 @@ _HOT_BANDS = [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 1), (1, 0, 1, 0), (0, 1, 0, 
 # at full scale). Apart even at the extremes of the per-image scale (0.8-1.0) and width jitter (+-5%).
 _BUILDS = [(0.32, 5.0), (0.32, 7.5), (0.46, 5.0), (0.46, 7.5)]
 NUM_BUILDS = len(_BUILDS)
+#: The generator's record of every identity's attributes, in the dataset folder: {pid: {attribute: value}}.
+IDENTITIES = "identities.json"
+ATTRIBUTES = ("colour", "texture", "hot_bands", "build")
 
 
 def body_masks(build: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -182,6 +186,8 @@ def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_
                     count += 1
     with open(os.path.join(tmp, "VERSION"), "w") as f:
         f.write(VERSION)
+    with open(os.path.join(tmp, IDENTITIES), "w") as f:  # what a model could know of every identity
+        json.dump({pid: dict(zip(ATTRIBUTES, attrs)) for pid, attrs in enumerate(attributes, 1)}, f)
     try:
         os.rename(tmp, dataset_dir)
     except OSError:  # another process finished first: keep its copy
@@ -204,6 +210,12 @@ class Synthetic(RGBNT201):
         if not os.path.isdir(dataset_dir):
             generate(dataset_dir)
         super().__init__(root)
+
+    def builds(self) -> dict[int, int]:
+        """Raw identity -> its build, the attribute every modality shows: what a model can match across
+        modalities, and nothing more (from the generator's record of the identities)."""
+        with open(os.path.join(self.dataset_dir, IDENTITIES)) as f:
+            return {int(pid): attrs["build"] for pid, attrs in json.load(f).items()}
 
 
 def _generated_version(dataset_dir: str) -> str | None:

@@ -23,6 +23,7 @@ from utils.errors import UserError
 from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import setup_logging
+from utils.modalities import NONE, ZERO
 
 from .device import autocast_context, batch_to, prepare_model
 from .distributed import (
@@ -176,8 +177,8 @@ class Trainer:
         atomic_save(checkpoint_record(self.model, self.num_classes, cfg.dump(), max_epochs), final)
         logger.info("saved %s", final)
         results = self._evaluate(max_epochs)
-        record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
-                                                  "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+        record = results_record({ZERO: results}, NONE, extra={"dataset": self.dataset.name, "weight": final,
+                                                             "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
         logger.info("wrote %s", write_results(self.out, record))

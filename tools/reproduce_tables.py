@@ -22,7 +22,7 @@ from processor.device import resolve_device
 from processor.evaluation import evaluate
 from processor.results import METRICS, results_record
 from utils.errors import UserError
-from utils.modalities import NONE, miss_settings, missing_modalities
+from utils.modalities import NONE, ZERO, miss_settings, missing_modalities
 
 from .common import REPO, load_trained_model, run_tool, tool_parser, write_report
 
@@ -87,7 +87,7 @@ def dataset_present(name: str, root: str) -> bool:
 
 def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, out: str, opts: Sequence[str],
                        sweep: bool) -> dict:
-    """The ``test_results.json`` record of one benchmark (with the sweep under "settings")."""
+    """The ``test_results.json`` record of one benchmark (with the sweep, protocol zero, under "protocols")."""
     cfg = load_config(config_file, ["DATASETS.ROOT_DIR", root, "OUTPUT_DIR", os.path.join(out, name),
                                     "TEST.WEIGHT", checkpoint, *opts])
     if name != cfg.DATASETS.NAMES:
@@ -98,8 +98,8 @@ def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, 
     logger.info("evaluating %s on %s (%s, config %s)", checkpoint, name, device, config_file)
     settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [NONE]
     results = evaluate(cfg, model, dataset, device, settings)
-    record = results_record(results, NONE, {"dataset": name, "weight": checkpoint, "config": config_file,
-                                              "re_ranking": cfg.TEST.RE_RANKING})
+    record = results_record({ZERO: results}, NONE, extra={"dataset": name, "weight": checkpoint,
+                                                         "config": config_file, "re_ranking": cfg.TEST.RE_RANKING})
     record["modalities"] = list(cfg.MODEL.MODALITIES)
     return record
 
@@ -128,12 +128,13 @@ def format_sweep_table(records: Mapping[str, dict], modalities: Sequence[str]) -
     names = ["w/o " + "+".join(missing_modalities(s, modalities)) for s in settings]
     lines = ["| benchmark | " + " | ".join(names) + " | average |", "|---" * (len(names) + 2) + "|"]
     for name, rec in records.items():
-        swept = rec.get("settings")
-        if swept is None:
+        sweep = rec.get("protocols", {}).get(ZERO)
+        if sweep is None:
             lines.append(f"| {name} | " + " | ".join("—" for _ in names) + " | not present |")
             continue
+        swept = sweep["settings"]
         cells = [f"{swept[s]['mAP']:.1f} / {swept[s]['Rank-1']:.1f}" if s in swept else "—" for s in settings]
-        avg = rec["average_missing"]
+        avg = sweep["average_missing"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg['mAP']:.1f} / {avg['Rank-1']:.1f} |")
     return "\n".join(lines)
 
@@ -162,7 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     text = ("## All modalities (percent; paper = the figures published in the MHCF paper)\n\n"
             + format_main_table(records))
     if not args.no_sweep:
-        text += ("\n\n## Missing modalities (mAP / Rank-1, percent; missing in query and gallery)\n\n"
+        text += ("\n\n## Missing modalities (mAP / Rank-1, percent; missing in query and gallery; protocol zero: a "
+                 "missing image is zeros, as DeMo, TOP-ReID and IDEA evaluate)\n\n"
                  + format_sweep_table(records, modalities))
     write_report(args.out, "tables", records, text)
     return records
