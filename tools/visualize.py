@@ -180,7 +180,7 @@ def ranks(args: argparse.Namespace) -> str:
         raise UserError(f"visualize ranks: TEST.MISS must be one setting ({choices}), not 'all'")
     samples = evaluation_samples(dataset)
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting])[setting]
+    features = extract_features(model, loader, device, [setting], protocol=cfg.TEST.MISS_PROTOCOL)[setting]
     if cfg.TEST.FEAT_NORM:
         features = F.normalize(features, dim=1)
     picks = pick_indices(len(dataset.query), args.num, args.indices)
@@ -293,7 +293,7 @@ def embedding(args: argparse.Namespace) -> str:
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, settings)
+    features = extract_features(model, loader, device, settings, protocol=cfg.TEST.MISS_PROTOCOL)
     if cfg.TEST.FEAT_NORM:
         features = {s: F.normalize(f, dim=1) for s, f in features.items()}
     thumb = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)
