@@ -98,12 +98,14 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # False: every modality draws its own random flip/crop/erasing (the reference code). True: one set of
 # random parameters for all modalities of a sample, keeping them pixel-aligned.
 _C.INPUT.SYNC_AUG = False
-# Training with missing modalities (0: off, the paper's recipe). In epoch e a training sample loses
-# modalities with probability MODALITY_DROPOUT * min(1, e / MODALITY_DROPOUT_RAMP) (MODALITY_DROPOUT
-# throughout when the ramp is 0); it then keeps one of the proper, non-empty subsets of MODEL.MODALITIES,
-# all equally likely. The lost modalities are left out of the model's computation (TEST.MISS protocol
-# "drop"). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed and
-# distributed runs see the same draws.
+# Training for missing modalities (0: off, the paper's recipe). Every training sample then comes twice in
+# its batch: complete, and as a copy (same images, same augmentation) that in epoch e has lost modalities
+# with probability MODALITY_DROPOUT * min(1, e / MODALITY_DROPOUT_RAMP) (MODALITY_DROPOUT throughout when
+# the ramp is 0); it keeps one of the proper, non-empty subsets of MODEL.MODALITIES, all equally likely
+# (otherwise all of them). Lost modalities are left out of the model's computation (TEST.MISS_PROTOCOL
+# "drop"). Batches hold 2 x SOLVER.IMS_PER_BATCH samples; a step costs about 1.5x (lost images are not
+# encoded). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed and
+# distributed runs see the same copies.
 _C.INPUT.MODALITY_DROPOUT = 0.0
 # Epochs of the linear ramp of MODALITY_DROPOUT (0: no ramp).
 _C.INPUT.MODALITY_DROPOUT_RAMP = 0

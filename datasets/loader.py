@@ -105,7 +105,8 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
     if cfg.INPUT.MODALITY_DROPOUT > 0:
         dropout = ModalityDropout(tuple(cfg.MODEL.MODALITIES), cfg.INPUT.MODALITY_DROPOUT,
                                   cfg.INPUT.MODALITY_DROPOUT_RAMP)
-        logger.info("training with missing modalities: a sample loses some with probability %.2f%s", dropout.prob,
+        logger.info("training for missing modalities: every sample also comes as a copy that lost modalities "
+                    "with probability %.2f%s", dropout.prob,
                     f" (reached after a linear ramp of {dropout.ramp_epochs} epochs)" if dropout.ramp_epochs else "")
     sampler = IdentitySampler([s.pid for s in dataset.train], batch_size, instances, seed=cfg.SOLVER.SEED,
                               num_replicas=world_size, rank=rank, dropout=dropout)

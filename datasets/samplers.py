@@ -1,25 +1,30 @@
 """P x K identity samplers: every batch holds P identities with K instances each.
 
 The epoch order is a pure function of (seed, epoch), so an interrupted run resumes exactly and every
-process of a distributed run agrees on it. Each yielded item is ``(dataset index, augmentation seed)``,
-or ``(dataset index, augmentation seed, {modality: present})`` when training with missing modalities
-(:class:`ModalityDropout`), whose draw is a pure function of (seed, epoch, position) as well.
+process of a distributed run agrees on it. Each yielded item is ``(dataset index, augmentation seed)``;
+when training for missing modalities (:class:`ModalityDropout`) every sample comes twice,
+``(dataset index, augmentation seed, {modality: present})``, complete and as a copy that lost modalities,
+drawn as a pure function of (seed, epoch, position) as well.
 """
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from torch.utils.data import Sampler
 
+from utils.modalities import miss_settings, missing_modalities
+
 
 @dataclass(frozen=True)
 class ModalityDropout:
-    """Training with missing modalities: in epoch e (1-based) a sample loses modalities with probability
-    ``rate(e) = prob * min(1, e / ramp_epochs)`` (``prob`` throughout when ``ramp_epochs`` is 0); it then keeps
-    one of the proper, non-empty subsets of ``modalities``, all equally likely (never none, never all)."""
+    """Training for missing modalities. Every sample of a batch also comes as a copy (same images, same
+    augmentation). In epoch e (1-based) the copy has lost modalities with probability ``rate(e) = prob *
+    min(1, e / ramp_epochs)`` (``prob`` throughout when ``ramp_epochs`` is 0): it keeps one of the proper,
+    non-empty subsets of ``modalities``, all equally likely (never none, never all); otherwise it keeps
+    them all. The complete samples keep the standard training signal; the copies teach the model to do
+    without the lost modalities."""
 
     modalities: tuple[str, ...]
     prob: float
@@ -29,13 +34,13 @@ class ModalityDropout:
         return self.prob * (min(1.0, epoch / self.ramp_epochs) if self.ramp_epochs > 0 else 1.0)
 
     def subsets(self) -> np.ndarray:
-        """(S, M) bool: the subsets a sample may keep, smallest first, in the order of ``modalities``."""
-        count = len(self.modalities)
-        return np.array([[i in kept for i in range(count)]
-                         for size in range(1, count) for kept in combinations(range(count), size)], dtype=bool)
+        """(S, M) bool: the subsets a copy may keep, one per missing-modality setting (``r``, ..., ``nt``)."""
+        return np.array([[m not in missing_modalities(s, self.modalities) for m in self.modalities]
+                         for s in miss_settings(self.modalities)[1:]], dtype=bool)
 
     def draw(self, seed: int, epoch: int, shape: tuple[int, ...]) -> np.ndarray:
-        """(*shape, M) bool presence of every position of the epoch, from its own random stream."""
+        """(*shape, M) bool: the modalities the copy of every position of the epoch keeps, from its own random
+        stream."""
         rng = np.random.default_rng([seed, epoch, 2])
         drop = rng.random(shape) < self.rate(epoch)
         subsets = self.subsets()
@@ -81,7 +86,7 @@ class IdentitySampler(Sampler):
 
     A global batch of P identities is split by identity: rank r gets identities r*P/R .. (r+1)*P/R - 1 with
     all their K instances, so every rank's triplets stay well-formed. Call :meth:`set_epoch` before each
-    epoch. With ``dropout`` every item also says which modalities its sample keeps.
+    epoch. With ``dropout`` every sample comes twice, complete and as a copy (:class:`ModalityDropout`).
     """
 
     def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0,
@@ -113,31 +118,29 @@ class IdentitySampler(Sampler):
         return self.local_batch_size * (1 if self.dropout is None else 2)
 
     def _local_items(self) -> list[tuple]:
-        """This rank's ``(index, augmentation seed[, presence])`` items: its slice of every global batch.
+        """This rank's items: its slice of every global batch, ``(index, augmentation seed)`` pairs; with
+        ``dropout``, each local batch's samples complete and then their copies, ``(index, seed, presence)``.
 
-        Seeds (and presence) are drawn per position of the global epoch order and sliced like the indices, so
-        the sample at a given position gets the same augmentation and keeps the same modalities whatever the
-        number of processes.
+        Seeds and presence are drawn per position of the global epoch order and sliced like the indices, so
+        the sample at a given position gets the same augmentation and copy whatever the number of processes.
         """
         batches = identity_batches(self.pids, self.batch_size, self.num_instances, self.seed, self.epoch)
         shape = (len(batches), self.batch_size)
         seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1, shape)
         lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
-        items = [(index, int(seed)) for batch, batch_seeds in zip(batches, seeds)
-                 for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
+        local = [[(index, int(seed)) for index, seed in zip(batch[lo:hi], batch_seeds[lo:hi])]
+                 for batch, batch_seeds in zip(batches, seeds)]
         if self.dropout is None:
-            return items
+            return [item for batch in local for item in batch]
         modalities = self.dropout.modalities
         present = self.dropout.draw(self.seed, self.epoch, shape)[:, lo:hi]        # (batches, local, M)
-        local = self.local_batch_size
-        out = []
-        for b, rows in enumerate(present):  # every local batch: its samples complete, then their copies
-            chunk = items[b * local:(b + 1) * local]
-            out += [(*item, dict.fromkeys(modalities, True)) for item in chunk]
-            out += [(*item, dict(zip(modalities, map(bool, row)))) for item, row in zip(chunk, rows)]
-        return out
+        items = []
+        for batch, rows in zip(local, present):
+            items += [(*item, dict.fromkeys(modalities, True)) for item in batch]
+            items += [(*item, dict(zip(modalities, map(bool, row)))) for item, row in zip(batch, rows)]
+        return items
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple]:
         return iter(self._local_items())
 
     def __len__(self) -> int:

@@ -47,7 +47,7 @@ def test_the_authors_key_names_are_aliases(tmp_path):
 def test_robust_synthetic_config_differs_only_by_modality_dropout():
     standard = load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), freeze=False)
     robust = load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF_robust.yml"), freeze=False)
-    assert robust.INPUT.MODALITY_DROPOUT == 0.5 and robust.INPUT.MODALITY_DROPOUT_RAMP == 5
+    assert robust.INPUT.MODALITY_DROPOUT == 1.0 and robust.INPUT.MODALITY_DROPOUT_RAMP == 0
     assert robust.OUTPUT_DIR == "./output/Synthetic_robust"
     for key in ("MODALITY_DROPOUT", "MODALITY_DROPOUT_RAMP"):
         robust.INPUT[key] = standard.INPUT[key]
