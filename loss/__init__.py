@@ -14,21 +14,24 @@ __all__ = ["batch_hard_triplet", "make_loss", "reid_losses"]
 
 def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.Tensor, *, margin: float | None,
                 label_smoothing: float = 0.1, id_weight: float = 1.0,
-                triplet_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """ID loss on each head's logits, triplet loss on its pre-BN feature."""
+                triplet_weight: float = 1.0, groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """ID loss on each head's logits, triplet loss on its pre-BN feature (mined within ``groups``, if given)."""
     losses = {}
     for name, logits in outputs["logits"].items():
         losses[f"id/{name}"] = id_weight * F.cross_entropy(logits.float(), pids, label_smoothing=label_smoothing)
-        losses[f"triplet/{name}"] = triplet_weight * batch_hard_triplet(outputs["features"][name], pids, margin)
+        triplet = batch_hard_triplet(outputs["features"][name], pids, margin, groups)
+        losses[f"triplet/{name}"] = triplet_weight * triplet
     return losses
 
 
 def make_loss(cfg: CfgNode, num_classes: int) -> Callable[..., dict[str, torch.Tensor]]:
-    """``loss_fn(outputs, pids) -> {name: scalar}`` as configured (``num_classes`` kept for the interface)."""
+    """``loss_fn(outputs, pids, groups=None) -> {name: scalar}`` as configured (``num_classes`` kept for the
+    interface); ``groups`` (B,) confines the triplets' mining to each group (:func:`batch_hard_triplet`)."""
     margin = None if cfg.MODEL.SOFT_MARGIN else cfg.SOLVER.MARGIN
 
-    def loss_fn(outputs, pids):
+    def loss_fn(outputs, pids, groups=None):
         return reid_losses(outputs, pids, margin=margin, label_smoothing=cfg.MODEL.LABEL_SMOOTHING,
-                           id_weight=cfg.MODEL.ID_LOSS_WEIGHT, triplet_weight=cfg.MODEL.TRIPLET_LOSS_WEIGHT)
+                           id_weight=cfg.MODEL.ID_LOSS_WEIGHT, triplet_weight=cfg.MODEL.TRIPLET_LOSS_WEIGHT,
+                           groups=groups)
 
     return loss_fn

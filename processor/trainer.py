@@ -202,7 +202,9 @@ class Trainer:
         pids = batch["pid"].to(self.device)
         with autocast_context(self.device, self.cfg.SOLVER.AMP):
             outputs = self.train_model(batch)
-            losses = self.loss_fn(outputs, pids)
+            # training for missing modalities: triplets mined among the complete samples and among the copies
+            copies = batch.get("copy")
+            losses = self.loss_fn(outputs, pids, None if copies is None else copies.to(self.device))
         total = sum(losses.values())
         values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
                                  self.info)

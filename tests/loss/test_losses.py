@@ -27,6 +27,18 @@ def test_batch_hard_triplet(margin):
     assert float(batch_hard_triplet(x, pids, margin)) == pytest.approx(reference_triplet(x, pids, margin), rel=1e-5)
 
 
+@pytest.mark.parametrize("margin", [None, 0.3])
+def test_batch_hard_triplet_within_groups(margin):
+    """With groups every group is its own batch: the mean of the groups' triplet losses (equal sizes)."""
+    torch.manual_seed(1)
+    x = torch.randn(12, 5, dtype=torch.float64)
+    pids = torch.tensor([0, 0, 1, 1, 2, 2] * 2)
+    groups = torch.tensor([False] * 6 + [True] * 6)
+    expected = (reference_triplet(x[:6], pids[:6], margin) + reference_triplet(x[6:], pids[6:], margin)) / 2
+    assert float(batch_hard_triplet(x, pids, margin, groups)) == pytest.approx(expected, rel=1e-5)
+    assert float(batch_hard_triplet(x, pids, margin)) != pytest.approx(expected, rel=1e-3)
+
+
 def test_named_losses_with_label_smoothing_and_weights():
     torch.manual_seed(0)
     logits = {h: torch.randn(4, 3) for h in ("ori", "heat_cls")}
