@@ -7,22 +7,12 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
-from utils.modalities import initial, setting_error
 
 from .authors import resolve_alias
 from .defaults import _C
+from .validate import flat_items, validate
 
-__all__ = ["get_default_config", "load_config", "merge_overrides"]
-
-# Keys whose value must be one of a fixed set (checked after merging, so errors name the key).
-_CHOICES = {
-    "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
-    "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
-    "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
-    "SOLVER.SCHEDULER": ("cosine", "multistep"),
-    "SOLVER.AMP": ("off", "fp16", "bf16"),
-    "TEST.NECK_FEAT": ("before", "after"),
-}
+__all__ = ["get_default_config", "load_config", "merge_overrides", "saved_values"]
 
 
 def get_default_config() -> CN:
@@ -56,9 +46,10 @@ def _coerce(value, default, key: str, origin: str):
     )
 
 
-def _set(root: CN, key: str, value, origin: str) -> None:
+def _set(root: CN, key: str, value, origin: str, origins: dict[str, str]) -> None:
     """Set the leaf ``key`` (dotted; one of the authors' names is read as ours) to ``value``, converted to the
-    type of its default; a UserError naming ``key`` and ``origin`` otherwise."""
+    type of its default, and record ``origins[key] = origin``; a UserError naming ``key`` and ``origin``
+    otherwise."""
     alias = resolve_alias(key)
     if alias is not None:
         key, convert = alias
@@ -74,16 +65,17 @@ def _set(root: CN, key: str, value, origin: str) -> None:
         raise UserError(f"{origin}: {key} is a section, got {value!r}")
     value = _coerce(value, node[leaf], key, origin)
     node[leaf] = convert(value) if alias is not None else value
+    origins[key] = origin
 
 
-def _merge_dict(root: CN, values: dict, origin: str, prefix: str = "") -> None:
+def _merge_dict(root: CN, values: dict, origin: str, origins: dict[str, str], prefix: str = "") -> None:
     """Merge a YAML mapping (sections of sections of values) into ``root``."""
     for name, value in values.items():
         key = f"{prefix}{name}"
         if isinstance(value, dict):
-            _merge_dict(root, value, origin, key + ".")
+            _merge_dict(root, value, origin, origins, key + ".")
         else:
-            _set(root, key, value, origin)
+            _set(root, key, value, origin, origins)
 
 
 def _parse_value(text: str):
@@ -94,62 +86,93 @@ def _parse_value(text: str):
         return text
 
 
-def merge_overrides(cfg: CN, opts: list[str]) -> None:
-    """Merge ``["KEY", "VALUE", ...]`` pairs from the command line into ``cfg`` (in place)."""
+def merge_overrides(cfg: CN, opts: list[str], origins: dict[str, str] | None = None) -> None:
+    """Merge ``["KEY", "VALUE", ...]`` pairs from the command line into ``cfg`` (in place); ``origins``
+    records which keys they set."""
     if len(opts) % 2:
         raise UserError(f"command line: overrides come as KEY VALUE pairs, {opts[-1]!r} has no value")
     for key, text in zip(opts[0::2], opts[1::2]):
-        _set(cfg, key, _parse_value(text), "command line")
+        _set(cfg, key, _parse_value(text), "command line", {} if origins is None else origins)
 
 
-def _validate(cfg: CN) -> None:
-    for key, allowed in _CHOICES.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node not in allowed:
-            raise UserError(f"config: {key} must be one of {', '.join(allowed)}; got {node!r}")
-    mods = list(cfg.MODEL.MODALITIES)
-    if len(set(mods)) != len(mods) or len(mods) < 2:
-        raise UserError(f"config: MODEL.MODALITIES must list at least two distinct names, got {mods}")
-    if sorted(cfg.MODEL.HEAT.ORDER) != sorted(mods):
-        raise UserError(
-            f"config: MODEL.HEAT.ORDER {list(cfg.MODEL.HEAT.ORDER)} must be a permutation of "
-            f"MODEL.MODALITIES {mods}"
-        )
-    if cfg.DATALOADER.NUM_INSTANCE < 1 or cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
-        raise UserError(
-            f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
-            f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"
-        )
-    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
-        size = cfg.INPUT[key.split(".")[1]]
-        if len(size) != 2 or min(size) <= 0:
-            raise UserError(f"config: {key} must be [height, width] in pixels, got {list(size)}")
-    if len({initial(m) for m in mods}) != len(mods):
-        raise UserError(f"config: the MODEL.MODALITIES {mods} must start with distinct letters (TEST.MISS names "
-                        f"missing modalities by their initials)")
-    problem = setting_error(cfg.TEST.MISS, mods)
-    if problem:
-        raise UserError(f"config: TEST.MISS {problem}")
+def _refuse_repeated_keys(node: yaml.Node, path: str, prefix: str = "") -> None:
+    """A key given twice in one YAML mapping is a UserError naming it: YAML keeps the last one silently, so a
+    repeated section would drop every key of the first."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = set()
+    for key_node, value_node in node.value:
+        key = f"{prefix}{key_node.value}"
+        if key in seen:
+            raise UserError(f"{path}: {key} is given twice (again at line {key_node.start_mark.line + 1}); "
+                            f"merge them into one")
+        seen.add(key)
+        _refuse_repeated_keys(value_node, path, key + ".")
+
+
+def _read_yaml(path: str) -> dict:
+    """The mapping of the YAML file ``path``; one-line UserErrors for a file that is missing, not a regular
+    file, not UTF-8 text, not YAML, or not a mapping."""
+    if not os.path.exists(path):
+        raise UserError(f"config file not found: {path}")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8); give a YAML config") from None
+    loader = yaml.SafeLoader(text)  # no !!python tags
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _refuse_repeated_keys(node, path)
+        values = (loader.construct_document(node) if node is not None else None) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of config sections")
+    return values
 
 
 def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:
     """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
     cfg = get_default_config()
+    origins: dict[str, str] = {}
     if config_file:
-        if not os.path.isfile(config_file):
-            raise UserError(f"config file not found: {config_file}")
-        try:
-            with open(config_file) as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{config_file}: expected a mapping of config sections")
-        _merge_dict(cfg, values, config_file)
-    merge_overrides(cfg, list(opts or []))
-    _validate(cfg)
+        _merge_dict(cfg, _read_yaml(config_file), config_file, origins)
+    merge_overrides(cfg, list(opts or []), origins)
+    validate(cfg, origins)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def saved_values(text: str | None) -> dict[str, object]:
+    """Every key's value in the config YAML ``text`` a checkpoint carries, typed like the defaults; a key it
+    lacks (added since it was written) has its default, a key it holds that no longer exists is left out."""
+    try:
+        loaded = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError:
+        loaded = {}
+    saved: dict[str, object] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            else:
+                saved[f"{prefix}{name}"] = value
+
+    if isinstance(loaded, dict):
+        walk(loaded, "")
+    values = {}
+    for key, default in flat_items(_C):
+        try:
+            values[key] = _coerce(saved[key], default, key, "checkpoint") if key in saved else default
+        except UserError:  # a value of a former type: compared as it was written
+            values[key] = saved[key]
+    return values

@@ -8,7 +8,9 @@ plain PyTorch / timm modules on every device; the CPU fast path lives in :mod:`a
 from torch import nn
 from yacs.config import CfgNode
 
-from .backbone import ClipViT, build_clip_vit
+from utils.errors import UserError
+
+from .backbone import ARCHS, ClipViT, build_clip_vit
 from .checkpoint import Checkpoint, checkpoint_record, read_checkpoint
 from .heat import HeatCycle, heat_diffuse
 from .mhcf import MHCF
@@ -23,6 +25,10 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
     ``num_cameras`` is part of the interface of CLIP-ReID forks; MHCF has no camera embedding and ignores it.
     ``load_pretrained=False`` skips the backbone's CLIP weights (the caller loads a whole model).
     """
+    patch = ARCHS[cfg.MODEL.NAME]["patch_size"]
+    if any(side % patch for side in cfg.INPUT.SIZE_TRAIN):
+        raise UserError(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} must be multiples of the patch size {patch} "
+                        f"of {cfg.MODEL.NAME}: the backbone would cut off the rest of every image")
     pretrained = cfg.MODEL.PRETRAIN_PATH if load_pretrained else None
 
     def backbone() -> ClipViT:

@@ -36,7 +36,7 @@ def checkpoints(tiny_root, tmp_path):
     and a file of random bytes."""
     paths = {}
     for name, opts in {"ours": [], "stencil": ["MODEL.HEAT.DIFFUSION", "stencil"],
-                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]"]}.items():
+                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]"]}.items():
         cfg = tiny_config(tiny_root, str(tmp_path), *opts)
         paths[name] = str(tmp_path / f"{name}.pth")
         atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 1), paths[name])
