@@ -1,5 +1,7 @@
 """Datasets: one class per benchmark behind :func:`make_dataset`, and the data loaders of a config."""
 
+import os
+
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
@@ -22,4 +24,7 @@ def make_dataset(name: str, root: str) -> MultiModalDataset:
     """The benchmark ``name`` read from ``root`` (records in ``.train``, ``.query``, ``.gallery``)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} (DATASETS.NAMES); choose one of {', '.join(DATASETS)}")
+    folder = os.path.expanduser(root)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"DATASETS.ROOT_DIR {root} is a file, not the folder holding the datasets")
     return DATASETS[name](root)

@@ -71,7 +71,8 @@ def test_config_and_checkpoint_mistakes(tiny_root, tmp_path, capsys, checkpoints
     out.mkdir()
     resume = [*base[:4], "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.RESUME", "True"]
     atomic_save({**checkpoint_record(make_model(tiny_config(tiny_root, str(out), "MODEL.HEAT.DIFFUSION",
-                                                           "stencil"), 8), 8, "", 1), "optimizer": {}},
+                                                           "stencil"), 8), 8, "", 1),
+                 "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {}},
                 str(out / "last.pth"))
     line = _one_line_error(capsys, trainer.train, resume)
     assert str(out / "last.pth") in line and "does not fit the configured model" in line
