@@ -27,6 +27,33 @@ def tool_parser(name: str, doc: str) -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
 
 
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """argparse ``type``: an integer in [minimum, maximum]; anything else is a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def number(minimum: float) -> Callable[[str], float]:
+    """argparse ``type``: a finite number >= minimum."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not minimum <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum}, got {text}")
+        return value
+    return parse
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config_file`` and trailing ``KEY VALUE`` overrides, as ``train.py`` / ``test.py``."""
     parser.add_argument("--config_file", default="", help="YAML file, e.g. configs/Synthetic/MHCF.yml, or a "

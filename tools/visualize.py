@@ -34,7 +34,7 @@ from utils.errors import UserError
 from utils.metrics import pairwise_sq_distances
 from utils.modalities import ALL, kept_modalities, miss_settings, missing_modalities, setting_error
 
-from .common import add_config_arguments, load_model_and_data, run_tool, tool_parser
+from .common import add_config_arguments, integer, load_model_and_data, run_tool, tool_parser
 
 MATCH = (0, 170, 0)       # frame of a gallery item with the query's identity
 MISMATCH = (220, 0, 0)    # frame of any other gallery item
@@ -337,17 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, help_text, num, height) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(func=func)
-        sub.add_argument("--num", type=int, default=num,
+        sub.add_argument("--num", type=integer(1), default=num,
                          help=f"number of {'queries' if name == 'ranks' else 'test samples'}, evenly spaced "
                               f"(default {num})")
-        sub.add_argument("--tile-height", type=int, default=height, help=f"pixels per image tile (default {height})")
+        sub.add_argument("--tile-height", type=integer(1), default=height,
+                         help=f"pixels per image tile (default {height})")
         out_help = ("output folder (default OUTPUT_DIR/projector)" if name == "embedding"
                     else "output PNG (default under OUTPUT_DIR/visualize/)")
         sub.add_argument("--out", default="", help=out_help)
         if name == "ranks":
-            sub.add_argument("--topk", type=int, default=8, help="gallery items per query (default 8)")
+            sub.add_argument("--topk", type=integer(1), default=8, help="gallery items per query (default 8)")
         if name in ("ranks", "heatmaps"):
-            sub.add_argument("--colors", type=int, default=0,
+            sub.add_argument("--colors", type=integer(0, 256), default=0,
                              help="quantise the PNG to this many colours (smaller files); 0 keeps full colour")
             sub.add_argument("--indices", type=parse_indices, default=None, metavar="I,J,...",
                              help="explicit indices, comma-separated (into the query for ranks, into the test "
