@@ -10,7 +10,7 @@ from utils.errors import UserError
 
 from .authors import resolve_alias
 from .defaults import _C
-from .validate import flat_items, validate
+from .validate import flat_items, shown, validate
 
 __all__ = ["get_default_config", "load_config", "merge_overrides", "saved_values"]
 
@@ -42,17 +42,21 @@ def _coerce(value, default, key: str, origin: str):
                 return [_coerce(v, default[0], key, origin) for v in value]
             return list(value)
     raise UserError(
-        f"{origin}: {key} must be {type(default).__name__} (like {default!r}), got {value!r}"
+        f"{origin}: {key} must be {type(default).__name__} (like {default!r}), got {shown(value)}"
     )
 
 
 def _set(root: CN, key: str, value, origin: str, origins: dict[str, str]) -> None:
     """Set the leaf ``key`` (dotted; one of the authors' names is read as ours) to ``value``, converted to the
     type of its default, and record ``origins[key] = origin``; a UserError naming ``key`` and ``origin``
-    otherwise."""
+    otherwise, and for a key a file gives twice (under our name and the authors')."""
     alias = resolve_alias(key)
     if alias is not None:
-        key, convert = alias
+        given, (key, convert) = key, alias
+        if origins.get(key) == origin != "command line":
+            raise UserError(f"{origin}: {key} is given twice (once as {given}, the authors' name for it)")
+    elif origins.get(key) == origin != "command line":
+        raise UserError(f"{origin}: {key} is given twice (once under the authors' name for it)")
     node = root
     *parents, leaf = key.split(".")
     for i, part in enumerate(parents):
@@ -62,7 +66,7 @@ def _set(root: CN, key: str, value, origin: str, origins: dict[str, str]) -> Non
     if leaf not in node:
         raise UserError(f"{origin}: unknown config key {key}")
     if isinstance(node[leaf], CN):
-        raise UserError(f"{origin}: {key} is a section, got {value!r}")
+        raise UserError(f"{origin}: {key} is a section, got {shown(value)}")
     value = _coerce(value, node[leaf], key, origin)
     node[leaf] = convert(value) if alias is not None else value
     origins[key] = origin
@@ -82,7 +86,7 @@ def _parse_value(text: str):
     """A command-line value: a Python literal when it is one (numbers, booleans, lists), else a string."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
         return text
 
 
@@ -95,11 +99,14 @@ def merge_overrides(cfg: CN, opts: list[str], origins: dict[str, str] | None = N
         _set(cfg, key, _parse_value(text), "command line", {} if origins is None else origins)
 
 
-def _refuse_repeated_keys(node: yaml.Node, path: str, prefix: str = "") -> None:
+def _refuse_repeated_keys(node: yaml.Node, path: str, prefix: str = "", walked: set | None = None) -> None:
     """A key given twice in one YAML mapping is a UserError naming it: YAML keeps the last one silently, so a
-    repeated section would drop every key of the first."""
-    if not isinstance(node, yaml.MappingNode):
+    repeated section would drop every key of the first. (Each node is walked once: YAML aliases share
+    nodes.)"""
+    walked = set() if walked is None else walked
+    if not isinstance(node, yaml.MappingNode) or id(node) in walked:
         return
+    walked.add(id(node))
     seen = set()
     for key_node, value_node in node.value:
         key = f"{prefix}{key_node.value}"
@@ -107,7 +114,7 @@ def _refuse_repeated_keys(node: yaml.Node, path: str, prefix: str = "") -> None:
             raise UserError(f"{path}: {key} is given twice (again at line {key_node.start_mark.line + 1}); "
                             f"merge them into one")
         seen.add(key)
-        _refuse_repeated_keys(value_node, path, key + ".")
+        _refuse_repeated_keys(value_node, path, key + ".", walked)
 
 
 def _read_yaml(path: str) -> dict:

@@ -36,7 +36,7 @@ from utils.errors import UserError
 from utils.modalities import initial, setting_error
 
 __all__ = ["CROSS_RULES", "EVAL", "LENGTH", "MODEL", "RULES", "RUN", "TRAINING", "Rule", "flat_items",
-           "model_differences", "resume_conflict", "validate"]
+           "model_differences", "resume_conflict", "shown", "validate"]
 
 RUN, EVAL, MODEL, TRAINING, LENGTH = "run", "eval", "model", "training", "length"
 
@@ -283,12 +283,17 @@ def _value(cfg: CfgNode, key: str):
     return cfg
 
 
+def shown(value, limit: int = 80) -> str:
+    """``repr(value)`` (lists as lists), cut to ``limit`` characters: an error message stays one short line."""
+    text = repr(list(value) if isinstance(value, (list, tuple)) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _problem(key: str, value, problem: str, origins: Mapping[str, str], related: Sequence[str] = ()) -> UserError:
     """The error of ``key``, prefixed by where its value (or, for a default, that of a ``related`` key) came
     from."""
     origin = next((origins[k] for k in (key, *related) if k in origins), "default")
-    shown = list(value) if isinstance(value, list) else value
-    return UserError(f"{origin}: {key} {problem}; got {shown!r}" + ("" if key in origins else " (its default)"))
+    return UserError(f"{origin}: {key} {problem}; got {shown(value)}" + ("" if key in origins else " (its default)"))
 
 
 def validate(cfg: CfgNode, origins: Mapping[str, str] | None = None) -> None:
@@ -307,10 +312,6 @@ def validate(cfg: CfgNode, origins: Mapping[str, str] | None = None) -> None:
 
 
 # --- a checkpoint's config against the current one ---------------------------------------------------------
-def _shown(value) -> str:
-    return str(list(value)) if isinstance(value, (list, tuple)) else repr(value)
-
-
 def resume_conflict(cfg: CfgNode, saved: Mapping[str, object], epochs_done: int, path: str) -> str | None:
     """Why ``cfg`` cannot resume the run of the checkpoint ``path`` (its config ``saved``, ``epochs_done``
     epochs trained), or None. The roles of :data:`RULES` decide: ``model`` and ``training`` keys must be
@@ -327,7 +328,7 @@ def resume_conflict(cfg: CfgNode, saved: Mapping[str, object], epochs_done: int,
                     f"schedule of the epochs done was laid out over {theirs} epochs (set it back, or start a "
                     f"new run in another OUTPUT_DIR)")
         if role in (MODEL, TRAINING) and value != theirs:
-            return (f"{key} {_shown(value)} differs from {path}'s {_shown(theirs)}: a resume continues that run "
+            return (f"{key} {shown(value)} differs from {path}'s {shown(theirs)}: a resume continues that run "
                     f"as it was configured (set it back, or start a new run in another OUTPUT_DIR)")
     return None
 
