@@ -55,11 +55,7 @@ def _finite(value) -> bool:
     return isinstance(value, bool) or not isinstance(value, float) or math.isfinite(value)
 
 
-def anything(value) -> None:
-    return None
-
-
-def flag(value) -> None:  # the type (bool) is checked when the value is read
+def anything(value) -> None:  # every value of the key's type (checked when the value is read) is valid
     return None
 
 
@@ -152,25 +148,25 @@ RULES: dict[str, Rule] = {
     "MODEL.PRETRAIN_PATH": Rule(anything, TRAINING),
     "MODEL.PRETRAIN_CACHE": Rule(anything, RUN),
     "MODEL.MODALITIES": Rule(modality_names, MODEL),
-    "MODEL.SHARED_BACKBONE": Rule(flag, MODEL),
-    "MODEL.MODALITY_HEADS": Rule(flag, MODEL),
-    "MODEL.SOFT_MARGIN": Rule(flag, TRAINING),
+    "MODEL.SHARED_BACKBONE": Rule(anything, MODEL),
+    "MODEL.MODALITY_HEADS": Rule(anything, MODEL),
+    "MODEL.SOFT_MARGIN": Rule(anything, TRAINING),
     "MODEL.ID_LOSS_WEIGHT": Rule(at_least(0), TRAINING),
     "MODEL.TRIPLET_LOSS_WEIGHT": Rule(at_least(0), TRAINING),
     "MODEL.LABEL_SMOOTHING": Rule(between(0, 1, high_open=True), TRAINING),
     "MODEL.DROP_PATH": Rule(between(0, 1, high_open=True), TRAINING),
-    "MODEL.GRAD_CKPT": Rule(flag, RUN),
-    "MODEL.SYNC_BN": Rule(flag, RUN),
-    "MODEL.COMPILE": Rule(flag, RUN),
-    "MODEL.ONEDNN": Rule(flag, RUN),
+    "MODEL.GRAD_CKPT": Rule(anything, RUN),
+    "MODEL.SYNC_BN": Rule(anything, RUN),
+    "MODEL.COMPILE": Rule(anything, RUN),
+    "MODEL.ONEDNN": Rule(anything, RUN),
     "MODEL.HEAT.DIFFUSION": Rule(one_of("dct", "stencil"), MODEL),
     "MODEL.HEAT.ORDER": Rule(anything, MODEL),  # a permutation of MODEL.MODALITIES (CROSS_RULES)
     "MODEL.HEAT.NUM_CYCLES": Rule(at_least(1), MODEL),
-    "MODEL.HEAT.SHARE_OPERATOR": Rule(flag, MODEL),
+    "MODEL.HEAT.SHARE_OPERATOR": Rule(anything, MODEL),
     "MODEL.HEAT.ALPHA": Rule(finite, TRAINING),
     "MODEL.HEAT.BETA": Rule(finite, TRAINING),
     "MODEL.HEAT.TAU": Rule(above(0), TRAINING),
-    "MODEL.HEAT.LEARN_TAU": Rule(flag, TRAINING),
+    "MODEL.HEAT.LEARN_TAU": Rule(anything, TRAINING),
     "MODEL.HEAT.INIT_CONDUCTIVITY": Rule(above(0), TRAINING),
     "INPUT.SIZE_TRAIN": Rule(image_size, MODEL),
     "INPUT.SIZE_TEST": Rule(image_size, MODEL),  # equal to SIZE_TRAIN (CROSS_RULES)
@@ -179,14 +175,14 @@ RULES: dict[str, Rule] = {
     "INPUT.PADDING": Rule(at_least(0), TRAINING),
     "INPUT.PIXEL_MEAN": Rule(vector(3, finite), MODEL),
     "INPUT.PIXEL_STD": Rule(vector(3, above(0)), MODEL),
-    "INPUT.SYNC_AUG": Rule(flag, TRAINING),
+    "INPUT.SYNC_AUG": Rule(anything, TRAINING),
     "DATASETS.NAMES": Rule(non_empty, TRAINING),  # the registry (datasets/) names the valid ones
     "DATASETS.ROOT_DIR": Rule(non_empty, RUN),
     "DATALOADER.NUM_WORKERS": Rule(at_least(0), RUN),
     "DATALOADER.NUM_INSTANCE": Rule(at_least(1), TRAINING),
-    "DATALOADER.CACHE": Rule(flag, RUN),
-    "DATALOADER.PIN_MEMORY": Rule(flag, RUN),
-    "DATALOADER.PERSISTENT_WORKERS": Rule(flag, RUN),
+    "DATALOADER.CACHE": Rule(anything, RUN),
+    "DATALOADER.PIN_MEMORY": Rule(anything, RUN),
+    "DATALOADER.PERSISTENT_WORKERS": Rule(anything, RUN),
     "SOLVER.OPTIMIZER_NAME": Rule(one_of("Adam", "AdamW", "SGD"), TRAINING),
     "SOLVER.BASE_LR": Rule(above(0), TRAINING),
     "SOLVER.BIAS_LR_FACTOR": Rule(at_least(0), TRAINING),
@@ -207,17 +203,17 @@ RULES: dict[str, Rule] = {
     "SOLVER.LOG_PERIOD": Rule(at_least(1), RUN),
     "SOLVER.EVAL_PERIOD": Rule(at_least(0), RUN),
     "SOLVER.SEED": Rule(seed, TRAINING),
-    "SOLVER.RESUME": Rule(flag, RUN),
+    "SOLVER.RESUME": Rule(anything, RUN),
     "TEST.IMS_PER_BATCH": Rule(at_least(1), EVAL),
     "TEST.WEIGHT": Rule(anything, EVAL),  # test.py requires a file (processor/preflight.py)
-    "TEST.FEAT_NORM": Rule(flag, EVAL),
+    "TEST.FEAT_NORM": Rule(anything, EVAL),
     "TEST.NECK_FEAT": Rule(one_of("before", "after"), EVAL),
     "TEST.MISS": Rule(anything, EVAL),  # a setting of MODEL.MODALITIES (CROSS_RULES)
-    "TEST.RE_RANKING": Rule(flag, EVAL),
+    "TEST.RE_RANKING": Rule(anything, EVAL),
     "TEST.RE_RANKING_K1": Rule(at_least(1), EVAL),
     "TEST.RE_RANKING_K2": Rule(at_least(1), EVAL),
     "TEST.RE_RANKING_LAMBDA": Rule(between(0, 1), EVAL),
-    "TEST.MODAL_BIAS": Rule(flag, EVAL),
+    "TEST.MODAL_BIAS": Rule(anything, EVAL),
     "TEST.EVAL_CHUNK": Rule(at_least(1), EVAL),
     "OUTPUT_DIR": Rule(non_empty, RUN),
 }

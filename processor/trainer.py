@@ -25,7 +25,7 @@ from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
-from utils.logger import setup_logging
+from utils.logger import open_held_log_file, setup_logging
 
 from .cli import Terminated
 from .device import autocast_context, batch_to, prepare_model
@@ -74,7 +74,7 @@ class Trainer:
         self.device = info.device
         self.out = cfg.OUTPUT_DIR
         resume = self._resume_checkpoint()  # checked before anything is written into the folder
-        setup_logging(self.out, "train.log", info.is_main)
+        setup_logging(self.out, "train.log", info.is_main, hold_file=True)  # train.log: once start-up went through
         logger.info("running with config:\n%s", cfg.dump())
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         if cfg.SOLVER.RESUME and resume is None:
@@ -98,7 +98,8 @@ class Trainer:
                                         pin_memory=self.device.type == "cuda")
         self.loss_fn = make_loss(cfg, self.num_classes)
         self.writer = SummaryWriter(os.path.join(self.out, "tensorboard")) if info.is_main else None
-        if info.is_main:  # start-up went through: only now is the folder's record of the run replaced
+        if info.is_main:  # start-up went through: only now is the folder's record of the run written
+            open_held_log_file()
             atomic_write_text(os.path.join(self.out, "config.yaml"), cfg.dump())
             for name in remove_stale_temporaries(self.out):
                 logger.info("removed %s, left by a run killed while saving", name)

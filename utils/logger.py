@@ -1,16 +1,33 @@
 """Logging set-up: console + ``OUTPUT_DIR/<name>.log`` on the main process, warnings only elsewhere."""
 
 import logging
+import logging.handlers
 import os
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["open_held_log_file", "setup_logging"]
 
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+_FILE_DATES = "%Y-%m-%d %H:%M:%S"
 
 
-def setup_logging(output_dir: str | None = None, filename: str = "train.log", main_process: bool = True) -> None:
-    """Configure the root logger once per process; library modules log through ``getLogger(__name__)``."""
+class _HeldLogFile(logging.handlers.BufferingHandler):
+    """The records meant for a log file, kept in memory until :func:`open_held_log_file` writes them there."""
+
+    def __init__(self, path: str):
+        super().__init__(capacity=0)
+        self.path = path
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def setup_logging(output_dir: str | None = None, filename: str = "train.log", main_process: bool = True,
+                  hold_file: bool = False) -> None:
+    """Configure the root logger once per process; library modules log through ``getLogger(__name__)``.
+
+    ``hold_file``: the log file is neither created nor appended to until :func:`open_held_log_file` (a run
+    that stops at start-up leaves an existing log byte-identical); its records are kept until then."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -21,9 +38,26 @@ def setup_logging(output_dir: str | None = None, filename: str = "train.log", ma
     console.setFormatter(formatter)
     root.addHandler(console)
     if output_dir and main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, filename))
-        file_handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-        root.addHandler(file_handler)
+        path = os.path.join(output_dir, filename)
+        root.addHandler(_HeldLogFile(path) if hold_file else _file_handler(path))
     for noisy in ("PIL", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def open_held_log_file() -> None:
+    """Open the log file :func:`setup_logging` held back, write the records logged so far and log into it."""
+    root = logging.getLogger()
+    for held in [h for h in root.handlers if isinstance(h, _HeldLogFile)]:
+        file_handler = _file_handler(held.path)
+        for record in held.buffer:
+            file_handler.handle(record)
+        root.removeHandler(held)
+        held.close()
+        root.addHandler(file_handler)
+
+
+def _file_handler(path: str) -> logging.FileHandler:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_FILE_DATES))
+    return handler

@@ -125,11 +125,15 @@ def test_output_folders_are_refused_before_torch_is_imported(finished, tmp_path)
     assert os.listdir(evaluated) == ["test_results.json"] and not os.path.exists(tmp_path / "t")
 
 
-def test_resume_refuses_settings_it_cannot_honour(finished, capsys):
-    """Refused before anything is written: train.log, config.yaml and every checkpoint byte-identical."""
+def test_resume_refuses_settings_it_cannot_honour(finished, tmp_path, capsys):
+    """Refused before anything is written: train.log, config.yaml and every checkpoint byte-identical, also
+    for a fault met later in start-up (the data root), after the run has begun logging."""
     before = _snapshot(finished)
     last = os.path.join(finished, "last.pth")
-    cases = {("SOLVER.BASE_LR", "0.002"): f"SOLVER.BASE_LR 0.002 differs from {last}'s 0.001",
+    a_file = tmp_path / "data_root"
+    a_file.write_text("")
+    cases = {("DATASETS.ROOT_DIR", str(a_file)): f"DATASETS.ROOT_DIR {a_file} is a file",
+             ("SOLVER.BASE_LR", "0.002"): f"SOLVER.BASE_LR 0.002 differs from {last}'s 0.001",
              ("SOLVER.OPTIMIZER_NAME", "SGD"): f"SOLVER.OPTIMIZER_NAME 'SGD' differs from {last}'s 'Adam'",
              ("MODEL.HEAT.NUM_CYCLES", "2"): f"MODEL.HEAT.NUM_CYCLES 2 differs from {last}'s 3",
              ("SOLVER.MAX_EPOCHS", "1"): f"SOLVER.MAX_EPOCHS 1 is below the 2 epochs {last} has trained",
@@ -356,5 +360,5 @@ def test_dataset_faults_are_named_before_training(trained_run, tiny_root, tmp_pa
         line = _refused(capsys, TRAIN, ["--config_file", config, "OUTPUT_DIR", run, "DATASETS.ROOT_DIR", root,
                                         *opts])
         assert expected in line, line
-        assert not os.path.exists(os.path.join(run, "last.pth")) and "epoch 1" not in _read(f"{run}/train.log")
+        assert os.listdir(run) == []                          # no epoch, not even a log: refused at start-up
     assert _snapshot(old_root) == old_before
