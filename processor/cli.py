@@ -2,6 +2,8 @@
 one-line ending of a run stopped by a user error, a fault or a signal."""
 
 import argparse
+import errno
+import logging
 import re
 import signal
 import sys
@@ -68,8 +70,10 @@ def _exit(code: int, message: str) -> None:
 
 
 def exit_on_user_error(fn: Callable[[], object]) -> None:
-    """Call ``fn()``. Without a traceback, as one line on stderr: a :class:`UserError` or a dead DataLoader
-    worker exits with code 2, Ctrl-C with 130 and SIGTERM with 143 (both after the same clean-up)."""
+    """Call ``fn()``. Without a traceback, as one line on stderr: a :class:`UserError`, a full disk or a dead
+    DataLoader worker exits with code 2, Ctrl-C with 130 and SIGTERM with 143 (both after the same clean-up).
+    A log file that cannot be written (a full disk) does not print a traceback per record."""
+    raise_logging_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         with _sigterm_raises():
             fn()
@@ -79,9 +83,15 @@ def exit_on_user_error(fn: Callable[[], object]) -> None:
         _exit(EXIT_SIGTERM, "terminated (SIGTERM)")
     except KeyboardInterrupt:
         _exit(EXIT_SIGINT, "interrupted")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _exit(EXIT_USER_ERROR, f"error: {exc.strerror}" + (f" writing {exc.filename}" if exc.filename else ""))
     except RuntimeError as exc:
         died = _WORKER_DIED.search(str(exc))
         if died is None:
             raise
         _exit(EXIT_USER_ERROR, f"error: DataLoader worker (pid {died.group(1).strip()}) {died.group(2)}; if "
                                f"memory ran out, lower DATALOADER.NUM_WORKERS")
+    finally:
+        logging.raiseExceptions = raise_logging_errors

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from model import read_checkpoint
 from processor import preflight
@@ -233,6 +234,15 @@ def test_a_full_disk_while_saving_is_one_line(tiny_root, tmp_path, capsys, monke
     line = _refused(capsys, TRAIN, _fast_run(tiny_root, out, "SOLVER.MAX_EPOCHS", "1"))
     assert line == f"error: no space left writing {out}/last.pth"
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")] and "last.pth" not in os.listdir(out)
+
+    # anywhere else, e.g. while the Synthetic set is generated into an empty data root
+    def full_disk_image(image, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_image)
+    line = _refused(capsys, TRAIN, ["--config_file", _fast_run(tiny_root, out)[1], "OUTPUT_DIR", str(tmp_path / "b"),
+                                    "DATASETS.ROOT_DIR", str(tmp_path / "empty_root")])
+    assert line.startswith(f"error: {os.strerror(errno.ENOSPC)} writing {tmp_path}/empty_root/.synthetic-"), line
 
 
 def test_a_killed_dataloader_worker_is_one_line(tiny_root, tmp_path, capsys, monkeypatch):
