@@ -205,7 +205,7 @@ RULES: dict[str, Rule] = {
     "SOLVER.SEED": Rule(seed, TRAINING),
     "SOLVER.RESUME": Rule(anything, RUN),
     "TEST.IMS_PER_BATCH": Rule(at_least(1), EVAL),
-    "TEST.WEIGHT": Rule(anything, EVAL),  # test.py requires a file (processor/preflight.py)
+    "TEST.WEIGHT": Rule(anything, EVAL),  # test.py requires a checkpoint file (model/checkpoint.py)
     "TEST.FEAT_NORM": Rule(anything, EVAL),
     "TEST.NECK_FEAT": Rule(one_of("before", "after"), EVAL),
     "TEST.MISS": Rule(anything, EVAL),  # a setting of MODEL.MODALITIES (CROSS_RULES)

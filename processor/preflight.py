@@ -1,5 +1,4 @@
-"""What ``train.py`` and ``test.py`` check before torch is imported: the output folder, the data root and the
-checkpoint to evaluate.
+"""What ``train.py`` and ``test.py`` check before torch is imported: the output folder.
 
 The output folder is protected:
 
@@ -35,25 +34,19 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _check_writable_folder(path: str, key: str) -> None:
-    """``path`` (the value of ``key``) is, or can be created as, a folder; one-line UserErrors otherwise."""
+def _make_output_folder(path: str) -> None:
+    """OUTPUT_DIR ``path`` is, or is created as, a folder; one-line UserErrors otherwise."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{key} {path} is a file, not a folder; choose a folder")
+        raise UserError(f"OUTPUT_DIR {path} is a file, not a folder; choose a folder")
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UserError(f"{key} {path} cannot be created: {parent} is a file, not a folder")
+        raise UserError(f"OUTPUT_DIR {path} cannot be created: {parent} is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{key} {path} cannot be created: {exc.strerror}") from None
-
-
-def _check_data_root(root: str) -> None:
-    root = os.path.expanduser(root)
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UserError(f"DATASETS.ROOT_DIR {root} is a file, not a folder holding the datasets")
+        raise UserError(f"OUTPUT_DIR {path} cannot be created: {exc.strerror}") from None
 
 
 class _Lock:
@@ -132,8 +125,7 @@ def _check_earlier_run(folder: str, resume: bool) -> None:
 def training(cfg: CfgNode) -> Iterator[None]:
     """``train.py``'s checks before torch is imported; the output folder stays locked inside the block."""
     folder = cfg.OUTPUT_DIR
-    _check_data_root(cfg.DATASETS.ROOT_DIR)
-    _check_writable_folder(folder, "OUTPUT_DIR")
+    _make_output_folder(folder)
     with _locked(folder, "train.py"):
         _check_earlier_run(folder, cfg.SOLVER.RESUME)
         yield
@@ -142,14 +134,6 @@ def training(cfg: CfgNode) -> Iterator[None]:
 @contextmanager
 def evaluation(cfg: CfgNode) -> Iterator[None]:
     """``test.py``'s checks before torch is imported; the output folder stays locked inside the block."""
-    weight = cfg.TEST.WEIGHT
-    if not weight:
-        raise UserError("TEST.WEIGHT is empty: give the checkpoint to evaluate")
-    if not os.path.exists(weight):
-        raise UserError(f"checkpoint not found: {weight} (TEST.WEIGHT)")
-    if not os.path.isfile(weight):
-        raise UserError(f"TEST.WEIGHT {weight} is not a regular file")
-    _check_data_root(cfg.DATASETS.ROOT_DIR)
-    _check_writable_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    _make_output_folder(cfg.OUTPUT_DIR)
     with _locked(cfg.OUTPUT_DIR, "test.py"):
         yield
