@@ -1,5 +1,7 @@
 """Datasets: one class per benchmark behind :func:`make_dataset`, and the data loaders of a config."""
 
+from collections.abc import Sequence
+
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
@@ -18,8 +20,9 @@ __all__ = ["DATASETS", "MultiModalDataset", "Sample", "TransformedSamples", "mak
            "make_train_loader"]
 
 
-def make_dataset(name: str, root: str) -> MultiModalDataset:
-    """The benchmark ``name`` read from ``root`` (records in ``.train``, ``.query``, ``.gallery``)."""
+def make_dataset(name: str, root: str, modalities: Sequence[str] | None = None) -> MultiModalDataset:
+    """The benchmark ``name`` read from ``root`` (records in ``.train``, ``.query``, ``.gallery``), with the
+    given ``modalities`` (MODEL.MODALITIES; default all of the benchmark's)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} (DATASETS.NAMES); choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](root)
+    return DATASETS[name](root, modalities)

@@ -43,7 +43,7 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[CfgNode, MHCF, MultiM
     """The config of ``args``, the model of TEST.WEIGHT on the configured device, and the dataset."""
     cfg = load_config(args.config_file or None, args.opts)
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     return cfg, load_trained_model(cfg, cfg.TEST.WEIGHT, device), dataset, device
 
 

@@ -93,7 +93,7 @@ def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, 
     if name != cfg.DATASETS.NAMES:
         raise UserError(f"{config_file}: DATASETS.NAMES is {cfg.DATASETS.NAMES}, but it was given for {name}")
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(name, root)
+    dataset = make_dataset(name, root, cfg.MODEL.MODALITIES)
     model = load_trained_model(cfg, checkpoint, device)
     logger.info("evaluating %s on %s (%s, config %s)", checkpoint, name, device, config_file)
     settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [NONE]
