@@ -21,7 +21,7 @@ _MAPPED = "_mapped_settings"
 # Keys whose value must be one of a fixed set (checked after merging, so errors name the key).
 _CHOICES = {
     "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
-    "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
+    "MODEL.NAME": ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336px", "ViT-Mini-8"),  # model/backbone.py ARCHS
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),

@@ -80,9 +80,11 @@ def locate(name: str, explicit: str, runs: str) -> tuple[str, str] | str:
     return path, default_config
 
 
-def dataset_present(name: str, root: str) -> bool:
-    """Whether the benchmark's folder is under ``root`` (Synthetic is generated when absent)."""
-    return name == "Synthetic" or any(os.path.isdir(os.path.join(root, d)) for d in DATASETS[name].dirnames)
+def dataset_present(name: str, root: str, explicit: bool) -> bool:
+    """Whether the benchmark's folder is under ``root``. Synthetic is generated when absent only when its
+    checkpoint was given by name (``--synthetic``): ``--runs`` never writes a dataset into ``root``."""
+    return (name == "Synthetic" and explicit) or any(os.path.isdir(os.path.join(root, d))
+                                                     for d in DATASETS[name].dirnames)
 
 
 def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, out: str, opts: Sequence[str],
@@ -147,7 +149,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, dict]:
             if name != "Synthetic":
                 records[name] = {"status": found}
             continue
-        if not dataset_present(name, args.root):
+        if not dataset_present(name, args.root, bool(getattr(args, name))):
             tried = " or ".join(os.path.join(args.root, d) for d in DATASETS[name].dirnames)
             records[name] = {"status": f"dataset not found ({tried})", "checkpoint": found[0]}
             continue
