@@ -99,7 +99,7 @@ def describe(cfg: CfgNode, dataset: MultiModalDataset, setting: str | None = Non
     text = f"checkpoint {cfg.TEST.WEIGHT}, {dataset.name} test set"
     if setting is not None:
         kept = kept_modalities(missing_modalities(setting, dataset.modalities), dataset.modalities)
-        text += f", TEST.MISS {setting} (modalities seen: {kept})"
+        text += f"\nTEST.MISS {setting} (modalities seen: {kept})"
     return text
 
 
@@ -110,8 +110,10 @@ def readable_colorbar(fig: Figure, mappable, axes, label: str, **kwargs):
     low, high = mappable.norm.vmin, mappable.norm.vmax
     digits = max(2, math.ceil(-math.log10(high - low)) + 2) if high > low else 3
     bar.set_ticks([low, (low + high) / 2, high])
-    bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}f"))
-    bar.set_label(label, fontsize=8)
+    bar.formatter = FormatStrFormatter(f"%.{digits}f")
+    bar.update_ticks()
+    span = f"span {high - low:.{max(1, digits - 1)}g}"
+    bar.set_label(f"{label} ({span})" if label else span, fontsize=7)
     bar.ax.tick_params(labelsize=7)
     return bar
 
@@ -163,16 +165,26 @@ def ranking(dataset: MultiModalDataset, features: torch.Tensor, picks: Sequence[
     return [{"query": pick, **ranked} for pick, ranked in zip(picks, lists)]
 
 
+def distance_unit(distances: Sequence[float]) -> int:
+    """The power of ten in which the figure's distances read as plain numbers with 3 decimals: 0 when the
+    largest is at least 0.01, else k with the largest in [1, 10) x 10^k (squared distances of L2-normalised
+    features after a LayerNorm are often ~1e-5)."""
+    largest = max(distances, default=0.0)
+    return 0 if largest >= 0.01 or largest <= 0 else math.floor(math.log10(largest))
+
+
 def ranks_figure(dataset: MultiModalDataset, rows: Sequence[dict], setting: str, title: str,
                  tile_height: int = 64, image_size: Sequence[int] = (256, 128)) -> Figure:
     """One row per query: the query and its ranked gallery items, each with its modalities stacked, framed
-    :data:`QUERY`, :data:`MATCH` or :data:`MISMATCH`, labelled with rank, identity, camera and distance."""
+    :data:`QUERY`, :data:`MATCH` or :data:`MISMATCH`, labelled with rank, identity, camera and distance (in
+    the unit of :func:`distance_unit`, said in the title)."""
     modalities = dataset.modalities
+    power = distance_unit([d for r in rows for d in r["distance"]])
     missing = missing_modalities(setting, modalities)
     size = tile_size(image_size, tile_height)
     cols = 1 + max(len(r["index"]) for r in rows)
-    cell_w, cell_h = 0.25 + size[0] / 60, 0.45 + len(modalities) * size[1] / 60
-    fig = Figure(figsize=(cols * cell_w, len(rows) * cell_h + 1.0), layout="constrained")
+    cell_w, cell_h = max(1.3, 0.25 + size[0] / 60), 0.45 + len(modalities) * size[1] / 60  # inches
+    fig = Figure(figsize=(max(7.0, cols * cell_w), len(rows) * cell_h + 1.2), layout="constrained")
     axes = fig.subplots(len(rows), cols, squeeze=False)
 
     def draw(ax, sample: Sample, colour: str, label: str) -> None:
@@ -189,13 +201,14 @@ def ranks_figure(dataset: MultiModalDataset, rows: Sequence[dict], setting: str,
         draw(axes[r, 0], q, QUERY, f"query\nid {q.pid} · cam {q.camid + 1}")
         for k, (g, d, match) in enumerate(zip(row["index"], row["distance"], row["match"]), 1):
             s = dataset.gallery[g]
-            draw(axes[r, k], s, MATCH if match else MISMATCH, f"{k}. id {s.pid} · cam {s.camid + 1}\nd = {d:.3f}")
+            draw(axes[r, k], s, MATCH if match else MISMATCH,
+                 f"{k}. id {s.pid} · cam {s.camid + 1}\nd = {d / 10.0 ** power:.3f}")
         for ax in axes[r, 1 + len(row["index"]):]:
             ax.axis("off")
     handles = [Patch(facecolor="none", edgecolor=c, linewidth=2, label=text)
                for c, text in ((QUERY, "query"), (MATCH, "same identity"), (MISMATCH, "another identity"))]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title + (f" (d in units of $10^{{{power}}}$)" if power else ""), fontsize=9)
     return fig
 
 
@@ -273,14 +286,13 @@ def grad_cam(tokens: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tenso
     return out
 
 
-def _overlay(ax, image: Image.Image, heat: torch.Tensor, norm: Normalize):
-    """``image`` with ``heat`` (on the token grid) upsampled bilinearly over it; the heat's image artist."""
+def _overlay(ax, image: Image.Image, heat: torch.Tensor, norm: Normalize) -> None:
+    """``image`` with ``heat`` (on the token grid) upsampled bilinearly over it, coloured through ``norm``."""
     ax.imshow(np.asarray(image))
     w, h = image.size
-    artist = ax.imshow(heat.numpy(), cmap=HEAT_CMAP, norm=norm, alpha=OVERLAY_ALPHA, interpolation="bilinear",
-                       extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.imshow(heat.numpy(), cmap=HEAT_CMAP, norm=norm, alpha=OVERLAY_ALPHA, interpolation="bilinear",
+              extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     _bare(ax)
-    return artist
 
 
 def _range(maps: Sequence[torch.Tensor]) -> Normalize:
@@ -310,14 +322,14 @@ def heat_map_figure(samples: Sequence[Sample], images: Sequence[Mapping[str, Ima
                     ax.set_ylabel(f"id {sample.pid} · cam {sample.camid + 1}", fontsize=8)
                 continue
             heat = maps[kind][m][r]
-            artist = _overlay(ax, base, heat, _range([heat]) if per_map else shared[kind])
+            norm = _range([heat]) if per_map else shared[kind]
+            _overlay(ax, base, heat, norm)
             if per_map:
-                readable_colorbar(fig, artist, ax, "", fraction=0.08, pad=0.02)
-    if not per_map:
+                readable_colorbar(fig, ScalarMappable(norm=norm, cmap=HEAT_CMAP), ax, "", fraction=0.08, pad=0.02)
+    if not per_map:  # both bars at the right of the whole grid
         for kind, label in kinds.items():
-            kind_axes = [axes[r, c] for r in range(len(samples)) for c, (_, k) in enumerate(cols) if k == kind]
-            readable_colorbar(fig, ScalarMappable(norm=shared[kind], cmap=HEAT_CMAP), kind_axes,
-                              f"{label} (one scale over the figure)", location="bottom", shrink=0.45, aspect=35)
+            readable_colorbar(fig, ScalarMappable(norm=shared[kind], cmap=HEAT_CMAP), axes.ravel().tolist(),
+                              f"{label}, one scale over the figure", shrink=0.8, aspect=30)
     scale = ("each map on its own scale (its colour bar gives its range)" if per_map
              else "one colour scale per kind over the figure")
     fig.suptitle(f"{title}\nchange of the patch tokens over the heat cycles and spatial gate G; {scale}",
@@ -347,7 +359,7 @@ def cam_figure(samples: Sequence[Sample], images: Sequence[Mapping[str, Image.Im
         axes[r, 0].set_ylabel(f"id {sample.pid} · cam {sample.camid + 1}\n(predicted train id "
                               f"{int(classes[r])})", fontsize=7)
     readable_colorbar(fig, ScalarMappable(norm=norm, cmap=HEAT_CMAP), overlays,
-                      "Grad-CAM (one scale over the figure)", location="bottom", shrink=0.45, aspect=35)
+                      "Grad-CAM, one scale over the figure", shrink=0.8, aspect=30)
     fig.suptitle(f"{title}\nGrad-CAM of the predicted training identity (logits of the fused heads summed) at "
                  f"the input of the backbone's last block", fontsize=9)
     return fig

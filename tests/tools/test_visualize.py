@@ -56,7 +56,8 @@ def test_ranked_lists_on_known_matches_and_re_ranked_as_evaluation(tiny_root):
     fig = ranks_figure(dataset, rows, "rt", "a title naming model_final.pth", tile_height=16, image_size=(64, 32))
     axes = np.array(fig.axes).reshape(3, 9)
     assert [to_hex(ax.spines["left"].get_edgecolor()) for ax in axes[0]] == [QUERY] + [MATCH] * 6 + [MISMATCH] * 2
-    assert axes[0, 1].get_title().endswith(f"d = {rows[0]['distance'][0]:.3f}")
+    power = visualize.distance_unit([d for r in rows for d in r["distance"]])
+    assert axes[0, 1].get_title().endswith(f"d = {rows[0]['distance'][0] / 10.0 ** power:.3f}")
     image = axes[0, 0].get_images()[0].get_array()
     assert image.shape == (3 * 16, 8, 3) and np.all(image[:16] == 128) and np.all(image[32:] == 128)  # RGB, TI grey
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["query", "same identity", "another identity"]
@@ -67,6 +68,12 @@ def test_ranked_lists_on_known_matches_and_re_ranked_as_evaluation(tiny_root):
     for pick, row in zip(picks, re_ranked):
         np.testing.assert_allclose(row["distance"], full[pick][row["index"]])
         assert row["distance"] == sorted(row["distance"])
+
+
+def test_distances_read_as_plain_numbers():
+    assert visualize.distance_unit([0.5, 1.7]) == 0
+    assert visualize.distance_unit([2.1e-5, 9.7e-5]) == -5           # shown as 2.100 and 9.700, unit 10^-5
+    assert visualize.distance_unit([]) == 0
 
 
 def test_heat_maps_of_a_known_operator(trained_run):
@@ -106,9 +113,9 @@ def test_colour_bars_show_the_ranges_drawn(tiny_root):
     assert len(bars) == 2                                            # one shared scale per kind
     for bar, kind in zip(bars, ("change", "gate")):
         values = torch.stack([maps[kind][m] for m in MODS])
-        low, high = bar.get_ylim() if bar.get_ylim() != (0, 1) else bar.get_xlim()
+        low, high = bar.get_ylim()                                   # vertical bars: the range on y
         assert (low, high) == pytest.approx((values.min().item(), values.max().item()))
-        labels = [t.get_text() for t in bar.xaxis.get_ticklabels()]
+        labels = bar.yaxis.get_major_formatter().format_ticks(bar.yaxis.get_ticklocs())
         assert "e" not in "".join(labels)                            # plain decimals, enough of them:
         assert float(labels[0]) == pytest.approx(low, abs=0.01 * (high - low))        # the ends, to 1% of the range
         assert float(labels[-1]) == pytest.approx(high, abs=0.01 * (high - low))
