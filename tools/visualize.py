@@ -446,6 +446,8 @@ def tsne_command(args: argparse.Namespace) -> Figure:
     setting = _one_setting(cfg, model.modalities, "tsne")
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, args.indices)]
+    if len(samples) < 4:
+        raise UserError(f"visualize tsne: t-SNE needs at least 4 samples, got {len(samples)} (--num, --indices)")
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     features = extract_features(model, loader, device, [setting])[setting]
     fig = tsne_figure(features, [s.pid for s in samples], model.modalities,

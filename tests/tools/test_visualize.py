@@ -220,3 +220,8 @@ def test_bad_arguments_are_user_errors(trained_run, capsys):
                        "TEST.WEIGHT", os.path.join(trained_run, "model_final.pth"), "TEST.MISS", "all"])
     assert exc.value.code == 2
     assert "TEST.MISS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        visualize.main(["tsne", "--num", "3", "--config_file", os.path.join(trained_run, "config.yaml"),
+                        "TEST.WEIGHT", os.path.join(trained_run, "model_final.pth")])
+    assert exc.value.code == 2
+    assert "t-SNE needs at least 4 samples" in capsys.readouterr().err
