@@ -18,7 +18,7 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ALIASES", "NO_COUNTERPART", "Mapped", "resolve_alias", "their_value", "translate"]
+__all__ = ["ALIASES", "NO_COUNTERPART", "Mapped", "Unmapped", "their_value", "translate"]
 
 
 class Unmapped(Exception):
@@ -97,11 +97,6 @@ _VALUES = {
 }
 #: Our bool keys that their configs write as 'yes' / 'no' (or 0 / 1).
 _BOOLEAN_KEYS = ("TEST.RE_RANKING", "TEST.FEAT_NORM")
-
-
-def resolve_alias(key: str) -> tuple[str, Callable] | None:
-    """``(our key, value conversion)`` when ``key`` is one of the authors' renamed keys, else None."""
-    return ALIASES.get(key)
 
 
 def _tuple_string(value):
