@@ -9,15 +9,19 @@ from yacs.config import CfgNode as CN
 from utils.errors import UserError
 from utils.modalities import initial, setting_error
 
-from .authors import resolve_alias
+from .authors import Unmapped, their_value, translate
 from .defaults import _C
 
-__all__ = ["get_default_config", "load_config", "merge_overrides"]
+__all__ = ["get_default_config", "load_config", "mapped_settings", "merge_overrides"]
+
+#: Where a loaded config keeps the notes of the settings read under the authors' names or spellings (an
+#: attribute, not a key: yacs keeps its own flags the same way, and clone() copies it).
+_MAPPED = "_mapped_settings"
 
 # Keys whose value must be one of a fixed set (checked after merging, so errors name the key).
 _CHOICES = {
     "MODEL.HEAT.DIFFUSION": ("dct", "stencil"),
-    "MODEL.NAME": ("ViT-B-16", "ViT-Mini-8"),
+    "MODEL.NAME": ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336px", "ViT-Mini-8"),  # model/backbone.py ARCHS
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),
@@ -30,8 +34,12 @@ def get_default_config() -> CN:
     return _C.clone()
 
 
-def _coerce(value, default, key: str, origin: str):
-    """Return ``value`` converted to the type of ``default``, or raise a UserError naming ``key``."""
+class _Problem(Exception):
+    """A setting that cannot be set; collected, then reported with the others in one UserError."""
+
+
+def _coerce(value, default, key: str):
+    """Return ``value`` converted to the type of ``default``, or raise a _Problem naming ``key``."""
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -45,45 +53,79 @@ def _coerce(value, default, key: str, origin: str):
         if isinstance(value, str):
             return value
     elif isinstance(default, (list, tuple)):
-        if isinstance(value, str):  # the reference configs write single-element tuples as "('x')"
+        if isinstance(value, str):  # a single element written without brackets
             value = [value]
         if isinstance(value, (list, tuple)):
             if default and value:
-                return [_coerce(v, default[0], key, origin) for v in value]
+                return [_coerce(v, default[0], key) for v in value]
             return list(value)
-    raise UserError(
-        f"{origin}: {key} must be {type(default).__name__} (like {default!r}), got {value!r}"
-    )
+    raise _Problem(f"{key} must be {type(default).__name__} (like {default!r}), got {value!r}")
 
 
-def _set(root: CN, key: str, value, origin: str) -> None:
-    """Set the leaf ``key`` (dotted; one of the authors' names is read as ours) to ``value``, converted to the
-    type of its default; a UserError naming ``key`` and ``origin`` otherwise."""
-    alias = resolve_alias(key)
-    if alias is not None:
-        key, convert = alias
+def _set(root: CN, key: str, value) -> str | None:
+    """Set the leaf ``key`` (dotted) to ``value``, converted to the type of its default. A setting of the
+    authors' configs is read as ours (config/authors.py); the note of what was done is returned. A _Problem
+    naming ``key`` otherwise."""
+    try:
+        mapped = translate(key, value)
+    except Unmapped as exc:
+        raise _Problem(str(exc)) from None
+    if mapped is not None and mapped.key is None:
+        return mapped.note                      # a key without a counterpart, harmless: left out
+    if mapped is not None:
+        key, read, note = mapped.key, mapped.value, mapped.note
+    else:
+        read = their_value(key, value)
+        same = type(read) is type(value) and read == value
+        note = None if same else f"{key} {value!r} -> {read!r}"
     node = root
     *parents, leaf = key.split(".")
     for i, part in enumerate(parents):
         if part not in node or not isinstance(node[part], CN):
-            raise UserError(f"{origin}: unknown config key {'.'.join(parents[: i + 1])}")
+            raise _Problem(f"unknown config key {'.'.join(parents[: i + 1])}")
         node = node[part]
     if leaf not in node:
-        raise UserError(f"{origin}: unknown config key {key}")
+        raise _Problem(f"unknown config key {key}")
     if isinstance(node[leaf], CN):
-        raise UserError(f"{origin}: {key} is a section, got {value!r}")
-    value = _coerce(value, node[leaf], key, origin)
-    node[leaf] = convert(value) if alias is not None else value
+        raise _Problem(f"{key} is a section, got {value!r}")
+    node[leaf] = _coerce(read, node[leaf], key)
+    return note
 
 
-def _merge_dict(root: CN, values: dict, origin: str, prefix: str = "") -> None:
-    """Merge a YAML mapping (sections of sections of values) into ``root``."""
+def _set_all(root: CN, settings: list[tuple[str, object]], origin: str) -> None:
+    """Set every ``(key, value)``; one UserError listing every setting that cannot be set (never one per run).
+    The notes of the settings read under the authors' names or spellings are kept on ``root``."""
+    problems, notes = [], []
+    for key, value in settings:
+        try:
+            note = _set(root, key, value)
+        except _Problem as exc:
+            problems.append(str(exc))
+            continue
+        if note:
+            notes.append(f"{origin}: {note}")
+    if len(problems) == 1:
+        raise UserError(f"{origin}: {problems[0]}")
+    if problems:
+        raise UserError(f"{origin}: {len(problems)} settings do not map onto this project's config "
+                        f"(config/defaults.py; the authors' names read here: config/authors.py): "
+                        f"{'; '.join(problems)}")
+    root.__dict__[_MAPPED] = [*root.__dict__.get(_MAPPED, []), *notes]
+
+
+def _flatten(values: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A YAML mapping (sections of sections of values) as ``(dotted key, value)`` pairs."""
+    out = []
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            _merge_dict(root, value, origin, key + ".")
-        else:
-            _set(root, key, value, origin)
+        out += _flatten(value, key + ".") if isinstance(value, dict) else [(key, value)]
+    return out
+
+
+def mapped_settings(cfg: CN) -> list[str]:
+    """What was read under the authors' names or spellings (``"<file>: MODEL.DIRECT 1 -> MODEL.MODALITY_HEADS
+    False"``), in the order it was read; empty for a config in this project's own terms."""
+    return list(cfg.__dict__.get(_MAPPED, []))
 
 
 def _parse_value(text: str):
@@ -98,8 +140,7 @@ def merge_overrides(cfg: CN, opts: list[str]) -> None:
     """Merge ``["KEY", "VALUE", ...]`` pairs from the command line into ``cfg`` (in place)."""
     if len(opts) % 2:
         raise UserError(f"command line: overrides come as KEY VALUE pairs, {opts[-1]!r} has no value")
-    for key, text in zip(opts[0::2], opts[1::2]):
-        _set(cfg, key, _parse_value(text), "command line")
+    _set_all(cfg, [(key, _parse_value(text)) for key, text in zip(opts[0::2], opts[1::2])], "command line")
 
 
 def _validate(cfg: CN) -> None:
@@ -147,7 +188,7 @@ def load_config(config_file: str | None = None, opts: list[str] | None = None, f
             raise UserError(f"{config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise UserError(f"{config_file}: expected a mapping of config sections")
-        _merge_dict(cfg, values, config_file)
+        _set_all(cfg, _flatten(values), config_file)
     merge_overrides(cfg, list(opts or []))
     _validate(cfg)
     if freeze:

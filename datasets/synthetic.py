@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -163,13 +164,13 @@ class Synthetic(RGBNT201):
     dirnames = ("Synthetic",)
     tree = RGBNT201.tree.replace("RGBNT201", "Synthetic")
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, modalities: Sequence[str] | None = None):
         dataset_dir = os.path.join(root, self.dirnames[0])
         if _generated_version(dataset_dir) not in (VERSION, None):  # made by an older generator
             shutil.rmtree(dataset_dir)
         if not os.path.isdir(dataset_dir):
             generate(dataset_dir)
-        super().__init__(root)
+        super().__init__(root, modalities)
 
 
 def _generated_version(dataset_dir: str) -> str | None:
