@@ -8,20 +8,27 @@ from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
 
-from .authors import resolve_alias
+from .authors import Unmapped, their_value, translate
 from .defaults import _C
 from .validate import flat_items, shown, validate
 
-__all__ = ["get_default_config", "load_config", "merge_overrides", "saved_values"]
+__all__ = ["get_default_config", "load_config", "mapped_settings", "merge_overrides", "saved_values"]
 
+#: Where a loaded config keeps the notes of the settings read under the authors' names or spellings (an
+#: attribute, not a key: yacs keeps its own flags the same way, and clone() copies it).
+_MAPPED = "_mapped_settings"
 
 def get_default_config() -> CN:
     """A fresh, mutable copy of the defaults."""
     return _C.clone()
 
 
-def _coerce(value, default, key: str, origin: str):
-    """Return ``value`` converted to the type of ``default``, or raise a UserError naming ``key``."""
+class _Problem(Exception):
+    """A setting that cannot be set; collected, then reported with the others in one UserError."""
+
+
+def _coerce(value, default, key: str):
+    """Return ``value`` converted to the type of ``default``, or raise a _Problem naming ``key``."""
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -35,51 +42,86 @@ def _coerce(value, default, key: str, origin: str):
         if isinstance(value, str):
             return value
     elif isinstance(default, (list, tuple)):
-        if isinstance(value, str):  # the reference configs write single-element tuples as "('x')"
+        if isinstance(value, str):  # a single element written without brackets
             value = [value]
         if isinstance(value, (list, tuple)):
             if default and value:
-                return [_coerce(v, default[0], key, origin) for v in value]
+                return [_coerce(v, default[0], key) for v in value]
             return list(value)
-    raise UserError(
-        f"{origin}: {key} must be {type(default).__name__} (like {default!r}), got {shown(value)}"
-    )
+    raise _Problem(f"{key} must be {type(default).__name__} (like {default!r}), got {shown(value)}")
 
 
-def _set(root: CN, key: str, value, origin: str, origins: dict[str, str]) -> None:
-    """Set the leaf ``key`` (dotted; one of the authors' names is read as ours) to ``value``, converted to the
-    type of its default, and record ``origins[key] = origin``; a UserError naming ``key`` and ``origin``
-    otherwise, and for a key a file gives twice (under our name and the authors')."""
-    alias = resolve_alias(key)
-    if alias is not None:
-        given, (key, convert) = key, alias
-        if origins.get(key) == origin != "command line":
-            raise UserError(f"{origin}: {key} is given twice (once as {given}, the authors' name for it)")
-    elif origins.get(key) == origin != "command line":
-        raise UserError(f"{origin}: {key} is given twice (once under the authors' name for it)")
+def _set(root: CN, key: str, value) -> tuple[str | None, str | None]:
+    """Set the leaf ``key`` (dotted) to ``value``, converted to the type of its default. A setting of the
+    authors' configs is read as ours (config/authors.py). Returns the key set (ours; None when the setting
+    was left out) and the note of what was done. A _Problem naming ``key`` otherwise."""
+    try:
+        mapped = translate(key, value)
+    except Unmapped as exc:
+        raise _Problem(str(exc)) from None
+    if mapped is not None and mapped.key is None:
+        return None, mapped.note                # a key without a counterpart, harmless: left out
+    if mapped is not None:
+        key, read, note = mapped.key, mapped.value, mapped.note
+    else:
+        read = their_value(key, value)
+        same = type(read) is type(value) and read == value
+        note = None if same else f"{key} {value!r} -> {read!r}"
     node = root
     *parents, leaf = key.split(".")
     for i, part in enumerate(parents):
         if part not in node or not isinstance(node[part], CN):
-            raise UserError(f"{origin}: unknown config key {'.'.join(parents[: i + 1])}")
+            raise _Problem(f"unknown config key {'.'.join(parents[: i + 1])}")
         node = node[part]
     if leaf not in node:
-        raise UserError(f"{origin}: unknown config key {key}")
+        raise _Problem(f"unknown config key {key}")
     if isinstance(node[leaf], CN):
-        raise UserError(f"{origin}: {key} is a section, got {shown(value)}")
-    value = _coerce(value, node[leaf], key, origin)
-    node[leaf] = convert(value) if alias is not None else value
-    origins[key] = origin
+        raise _Problem(f"{key} is a section, got {shown(value)}")
+    node[leaf] = _coerce(read, node[leaf], key)
+    return key, note
 
 
-def _merge_dict(root: CN, values: dict, origin: str, origins: dict[str, str], prefix: str = "") -> None:
-    """Merge a YAML mapping (sections of sections of values) into ``root``."""
+def _set_all(root: CN, settings: list[tuple[str, object]], origin: str, origins: dict[str, str]) -> None:
+    """Set every ``(key, value)``; one UserError listing every setting that cannot be set (never one per run).
+    The notes of the settings read under the authors' names or spellings are kept on ``root``; ``origins``
+    records which keys ``origin`` set. A file that sets one key twice (under our name and the authors') is
+    refused: which one would win is not the user's choice."""
+    problems, notes, given = [], [], {}
+    for key, value in settings:
+        try:
+            ours, note = _set(root, key, value)
+        except _Problem as exc:
+            problems.append(str(exc))
+            continue
+        if ours is not None and ours in given and origin != "command line":
+            problems.append(f"{ours} is given twice (as {given[ours]} and as {key})")
+        if ours is not None:
+            given[ours] = key
+            origins[ours] = origin
+        if note:
+            notes.append(f"{origin}: {note}")
+    if len(problems) == 1:
+        raise UserError(f"{origin}: {problems[0]}")
+    if problems:
+        raise UserError(f"{origin}: {len(problems)} settings do not map onto this project's config "
+                        f"(config/defaults.py; the authors' names read here: config/authors.py): "
+                        f"{'; '.join(problems)}")
+    root.__dict__[_MAPPED] = [*root.__dict__.get(_MAPPED, []), *notes]
+
+
+def _flatten(values: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A YAML mapping (sections of sections of values) as ``(dotted key, value)`` pairs."""
+    out = []
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            _merge_dict(root, value, origin, origins, key + ".")
-        else:
-            _set(root, key, value, origin, origins)
+        out += _flatten(value, key + ".") if isinstance(value, dict) else [(key, value)]
+    return out
+
+
+def mapped_settings(cfg: CN) -> list[str]:
+    """What was read under the authors' names or spellings (``"<file>: MODEL.DIRECT 1 -> MODEL.MODALITY_HEADS
+    False"``), in the order it was read; empty for a config in this project's own terms."""
+    return list(cfg.__dict__.get(_MAPPED, []))
 
 
 def _parse_value(text: str):
@@ -95,8 +137,8 @@ def merge_overrides(cfg: CN, opts: list[str], origins: dict[str, str] | None = N
     records which keys they set."""
     if len(opts) % 2:
         raise UserError(f"command line: overrides come as KEY VALUE pairs, {opts[-1]!r} has no value")
-    for key, text in zip(opts[0::2], opts[1::2]):
-        _set(cfg, key, _parse_value(text), "command line", {} if origins is None else origins)
+    _set_all(cfg, [(key, _parse_value(text)) for key, text in zip(opts[0::2], opts[1::2])], "command line",
+             {} if origins is None else origins)
 
 
 def _refuse_repeated_keys(node: yaml.Node, path: str, prefix: str = "", walked: set | None = None) -> None:
@@ -150,7 +192,7 @@ def load_config(config_file: str | None = None, opts: list[str] | None = None, f
     cfg = get_default_config()
     origins: dict[str, str] = {}
     if config_file:
-        _merge_dict(cfg, _read_yaml(config_file), config_file, origins)
+        _set_all(cfg, _flatten(_read_yaml(config_file)), config_file, origins)
     merge_overrides(cfg, list(opts or []), origins)
     validate(cfg, origins)
     if freeze:
@@ -179,7 +221,7 @@ def saved_values(text: str | None) -> dict[str, object]:
     values = {}
     for key, default in flat_items(_C):
         try:
-            values[key] = _coerce(saved[key], default, key, "checkpoint") if key in saved else default
-        except UserError:  # a value of a former type: compared as it was written
+            values[key] = _coerce(saved[key], default, key) if key in saved else default
+        except _Problem:  # a value of a former type: compared as it was written
             values[key] = saved[key]
     return values

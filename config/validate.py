@@ -144,8 +144,9 @@ def seed(value) -> str | None:
 # --- every key, once --------------------------------------------------------------------------------------
 RULES: dict[str, Rule] = {
     "MODEL.DEVICE": Rule(device, RUN),
-    "MODEL.NAME": Rule(one_of("ViT-B-16", "ViT-Mini-8"), MODEL),
+    "MODEL.NAME": Rule(one_of("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336px", "ViT-Mini-8"), MODEL),  # ARCHS
     "MODEL.PRETRAIN_PATH": Rule(anything, TRAINING),
+    "MODEL.INIT_WEIGHTS": Rule(anything, TRAINING),
     "MODEL.PRETRAIN_CACHE": Rule(anything, RUN),
     "MODEL.MODALITIES": Rule(modality_names, MODEL),
     "MODEL.SHARED_BACKBONE": Rule(anything, MODEL),

@@ -161,10 +161,16 @@ class MultiModalDataset:
     #: the expected tree (``<ROOT_DIR>`` stands for the root), shown when a folder is missing
     tree: ClassVar[str]
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, modalities: Sequence[str] | None = None):
+        """Read the dataset under ``root``; ``modalities`` (default: all of :attr:`modality_dirs`, in their order)
+        are the ones read, in that order: the folders of the others need not exist."""
         self.root = os.path.expanduser(root)
+        self.modalities = tuple(modalities or self.modality_dirs)
+        unknown = [m for m in self.modalities if m not in self.modality_dirs]
+        if unknown:
+            raise UserError(f"{self.name} has the modalities {', '.join(self.modality_dirs)}; MODEL.MODALITIES "
+                            f"{list(self.modalities)} names {', '.join(unknown)}")
         self.dataset_dir = self._find_dataset_dir(self.root)
-        self.modalities = tuple(self.modality_dirs)
         self.train = self._relabel(self._load_split("train"))
         self.query = self._load_split("query")
         self.gallery = self.query if self.splits["gallery"] == self.splits["query"] else self._load_split("gallery")
@@ -187,19 +193,21 @@ class MultiModalDataset:
         return pid, int(groups["cam"]) - self.cam_offset, scene
 
     def list_split(self, split_dir: str) -> list[tuple[str, dict[str, str]]]:
-        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout.
+        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout, for the
+        modalities read (:attr:`modalities`).
 
         A file name present in one modality folder but not in another is a UserError naming it.
         """
-        names = {m: set(_image_files(os.path.join(split_dir, sub), self)) for m, sub in self.modality_dirs.items()}
+        dirs = {m: self.modality_dirs[m] for m in self.modalities}
+        names = {m: set(_image_files(os.path.join(split_dir, sub), self)) for m, sub in dirs.items()}
         every = sorted(set().union(*names.values()))
-        for modality, sub in self.modality_dirs.items():
+        for modality, sub in dirs.items():
             missing = [n for n in every if n not in names[modality]]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise UserError(f"{self.name}: sample {missing[0]} has no {modality} image: "
                                 f"{os.path.join(split_dir, sub, missing[0])} is missing{more}")
-        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in self.modality_dirs.items()}) for n in every]
+        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in dirs.items()}) for n in every]
 
     def read(self, sample: Sample) -> dict[str, Image.Image]:
         """The decoded images of ``sample``, one per modality."""

@@ -81,17 +81,9 @@ def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:
             "generator": torch.Generator().manual_seed(cfg.SOLVER.SEED)}
 
 
-def _check_modalities(cfg: CfgNode, dataset: MultiModalDataset) -> None:
-    unknown = [m for m in cfg.MODEL.MODALITIES if m not in dataset.modalities]
-    if unknown:
-        raise UserError(f"MODEL.MODALITIES names {', '.join(unknown)}, which {dataset.name} does not have (it "
-                        f"has {', '.join(dataset.modalities)})")
-
-
 def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,
                       pin_memory: bool = False) -> DataLoader:
     """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
-    _check_modalities(cfg, dataset)
     size = cfg.INPUT.SIZE_TRAIN
     transform = build_image_transform(True, size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
                                       flip_prob=cfg.INPUT.FLIP_PROB, padding=cfg.INPUT.PADDING,
@@ -115,7 +107,6 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
 def make_test_loader(cfg: CfgNode, dataset: MultiModalDataset, samples: Sequence[Sample],
                      pin_memory: bool = False) -> DataLoader:
     """Sequential loader over ``samples`` with the test transform."""
-    _check_modalities(cfg, dataset)
     transform = build_image_transform(False, cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
     data = TransformedSamples(dataset, samples, MultiModalTransform(transform), cache=cfg.DATALOADER.CACHE)
     return DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg, pin_memory))

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -165,7 +166,7 @@ class Synthetic(RGBNT201):
     dirnames = ("Synthetic",)
     tree = RGBNT201.tree.replace("RGBNT201", "Synthetic")
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, modalities: Sequence[str] | None = None):
         dataset_dir = os.path.join(os.path.expanduser(root), self.dirnames[0])
         version = _generated_version(dataset_dir)
         if version not in (VERSION, None):  # made by another generator: the user decides what happens to it
@@ -176,7 +177,7 @@ class Synthetic(RGBNT201):
             raise UserError(f"{dataset_dir} is a file; the Synthetic dataset is generated into a folder of that name")
         if not os.path.isdir(dataset_dir):
             generate(dataset_dir)
-        super().__init__(root)
+        super().__init__(root, modalities)
 
 
 def _generated_version(dataset_dir: str) -> str | None:

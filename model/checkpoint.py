@@ -55,9 +55,32 @@ class Checkpoint:
     def load_into(self, model: nn.Module) -> None:
         """Load the weights into ``model`` strictly (released ones converted first, after checking that the
         config fits them); a mismatch is a UserError naming the first differing keys and shapes."""
-        state = convert_released_state_dict(self.state, model, self.path) if self.format == RELEASED else self.state
+        state = self._state_for(model)
         check_state_fits(model, state, self.path, "the configured model")
         model.load_state_dict(state, strict=True)
+
+    def init_model(self, model: nn.Module) -> str:
+        """Fine-tuning: load the weights into ``model`` as :meth:`load_into` does, except the identity
+        classifiers when the checkpoint was trained on another number of identities: those keep their fresh
+        initialisation (the BNNecks, identity-free, are loaded). Returns what was loaded and what was not, for
+        the log. Anything else that does not fit is a UserError naming it."""
+        state = self._state_for(model)
+        own = model.state_dict()
+        fresh = [k for k in own if _is_classifier(k) and k in state and state[k].shape != own[k].shape]
+        check_state_fits(model, {**state, **{k: own[k] for k in fresh}}, self.path, "the configured model")
+        model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+        kind = "the authors' released format" if self.format == RELEASED else "ours"
+        source = f"{self.path} ({kind}" + (f", epoch {self.epoch})" if self.epoch is not None else ")")
+        loaded = f"loaded {len(own) - len(fresh)} of {len(own)} tensors from {source}"
+        if not fresh:
+            return f"{loaded}: the whole model ({self.num_classes} identities, as this dataset)"
+        classes = own[fresh[0]].shape[0]
+        return (f"{loaded}; not loaded, re-initialised: {', '.join(fresh)} (the checkpoint's classifiers have "
+                f"{self.num_classes} identities, this dataset {classes})")
+
+    def _state_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights under the names of ``model`` (released ones converted, after checking the config)."""
+        return convert_released_state_dict(self.state, model, self.path) if self.format == RELEASED else self.state
 
 
 def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
@@ -94,6 +117,11 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
             raise UserError(f"{path}: no classifier.weight in the released checkpoint")
         return Checkpoint(path, RELEASED, state, num_classes)
     raise UserError(f"{path} is not an MHCF checkpoint (neither ours nor the authors' released format)")
+
+
+def _is_classifier(key: str) -> bool:
+    """An identity classifier of a BNNeck head (``heads.<name>.classifier.weight``): one row per identity."""
+    return key.startswith("heads.") and key.endswith(".classifier.weight")
 
 
 def _classifier_rows(state: dict[str, torch.Tensor], key: str, path: str) -> int:

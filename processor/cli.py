@@ -1,5 +1,5 @@
-"""Shared command-line handling of ``train.py``, ``test.py`` and the tools: arguments, config, and the
-one-line ending of a run stopped by a user error, a fault or a signal."""
+"""Shared command-line handling of ``train.py``, ``test.py`` and the tools: arguments, config, the one-line
+ending of a run stopped by a user error, a fault or a signal, and what every run's log starts with."""
 
 import argparse
 import errno
@@ -13,10 +13,12 @@ from contextlib import contextmanager
 
 from yacs.config import CfgNode
 
-from config import load_config
+from config import load_config, mapped_settings
 from utils.errors import UserError
 
-__all__ = ["ArgumentParser", "Terminated", "exit_on_user_error", "run_cli"]
+__all__ = ["ArgumentParser", "Terminated", "exit_on_user_error", "log_mapped_settings", "run_cli"]
+
+logger = logging.getLogger(__name__)
 
 #: Exit codes: a user error (bad input, a fault the user can fix), Ctrl-C (128 + SIGINT), SIGTERM (128 + 15).
 EXIT_USER_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
@@ -65,6 +67,8 @@ def run_cli(main: Callable[[CfgNode], object], description: str, argv: list[str]
 
 
 def _exit(code: int, message: str) -> None:
+    """End the run: ``message`` to the run's log file (when one is open) and as one line on stderr."""
+    _to_log_files(message)
     sys.stderr.write(f"{message}\n")
     sys.exit(code)
 
@@ -72,7 +76,8 @@ def _exit(code: int, message: str) -> None:
 def exit_on_user_error(fn: Callable[[], object]) -> None:
     """Call ``fn()``. Without a traceback, as one line on stderr: a :class:`UserError`, a full disk or a dead
     DataLoader worker exits with code 2, Ctrl-C with 130 and SIGTERM with 143 (both after the same clean-up).
-    A log file that cannot be written (a full disk) does not print a traceback per record."""
+    Whatever ends the run also goes to the run's log file, when one is open (a crash with its traceback). A log
+    file that cannot be written (a full disk) does not print a traceback per record."""
     raise_logging_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         with _sigterm_raises():
@@ -85,13 +90,38 @@ def exit_on_user_error(fn: Callable[[], object]) -> None:
         _exit(EXIT_SIGINT, "interrupted")
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _crashed(exc)
             raise
         _exit(EXIT_USER_ERROR, f"error: {exc.strerror}" + (f" writing {exc.filename}" if exc.filename else ""))
     except RuntimeError as exc:
         died = _WORKER_DIED.search(str(exc))
         if died is None:
+            _crashed(exc)
             raise
         _exit(EXIT_USER_ERROR, f"error: DataLoader worker (pid {died.group(1).strip()}) {died.group(2)}; if "
                                f"memory ran out, lower DATALOADER.NUM_WORKERS")
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit):
+            _crashed(exc)
+        raise
     finally:
         logging.raiseExceptions = raise_logging_errors
+
+
+def _crashed(exc: BaseException) -> None:
+    _to_log_files(f"crashed: {type(exc).__name__}: {exc}", exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _to_log_files(message: str, exc_info=None) -> None:
+    """Write ``message`` to the log files of the root logger only (the console gets its own line on stderr)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def log_mapped_settings(cfg: CfgNode) -> None:
+    """Log the settings read under the names or spellings of the authors' configs, and how (config/authors.py)."""
+    notes = mapped_settings(cfg)
+    if notes:
+        logger.info("read %d settings written for the authors' repository:\n  %s", len(notes), "\n  ".join(notes))

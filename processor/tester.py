@@ -12,6 +12,7 @@ from model import MHCF, load_model, read_checkpoint
 from utils.logger import setup_logging
 from utils.modalities import ALL, NONE, miss_settings
 
+from .cli import log_mapped_settings
 from .device import prepare_model, resolve_device
 from .evaluation import evaluate
 from .results import format_results, results_record, write_results
@@ -36,16 +37,19 @@ def load_for_evaluation(cfg: CfgNode, path: str, device: torch.device) -> tuple[
 
 
 def test(cfg: CfgNode) -> dict:
-    """Evaluate TEST.WEIGHT on the configured dataset; write ``OUTPUT_DIR/test_results.json``."""
+    """Evaluate TEST.WEIGHT on the configured dataset; write ``OUTPUT_DIR/test_results.json`` (or, when that file
+    holds another evaluation's record, a file beside it named for this one: :func:`~processor.results.results_path`)."""
     setup_logging(cfg.OUTPUT_DIR, "test.log")
+    log_mapped_settings(cfg)
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     model, differences = load_for_evaluation(cfg, cfg.TEST.WEIGHT, device)
     logger.info("evaluating %s on %s (%s)", cfg.TEST.WEIGHT, dataset.name, device)
     sweep = cfg.TEST.MISS == ALL
     settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [cfg.TEST.MISS]
     results = evaluate(cfg, model, dataset, device, settings)
-    extra = {"dataset": dataset.name, "weight": cfg.TEST.WEIGHT, "re_ranking": cfg.TEST.RE_RANKING}
+    extra = {"command": "test.py", "dataset": dataset.name, "weight": cfg.TEST.WEIGHT,
+             "modalities": list(cfg.MODEL.MODALITIES), "re_ranking": cfg.TEST.RE_RANKING}
     if differences:
         extra["differs_from_checkpoint"] = differences
     record = results_record(results, NONE if sweep else cfg.TEST.MISS, extra)

@@ -27,7 +27,7 @@ from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import open_held_log_file, setup_logging
 
-from .cli import Terminated
+from .cli import Terminated, log_mapped_settings
 from .device import autocast_context, batch_to, prepare_model
 from .distributed import (
     DistInfo,
@@ -75,15 +75,19 @@ class Trainer:
         self.out = cfg.OUTPUT_DIR
         resume = self._resume_checkpoint()  # checked before anything is written into the folder
         setup_logging(self.out, "train.log", info.is_main, hold_file=True)  # train.log: once start-up went through
-        logger.info("running with config:\n%s", cfg.dump())
+        log_mapped_settings(cfg)
+        if cfg.TEST.WEIGHT:
+            logger.warning("train.py does not read TEST.WEIGHT (%s; test.py evaluates it): to start training from a "
+                           "whole checkpoint, set MODEL.INIT_WEIGHTS", cfg.TEST.WEIGHT)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         if cfg.SOLVER.RESUME and resume is None:
             logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
         seed_everything(cfg.SOLVER.SEED)
         with main_process_first(info):  # the first process generates / downloads what the others then read
-            self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+            self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
             self.num_classes = self.dataset.num_train_pids
-            # a resumed model gets its weights from last.pth: the pretrained ones are not even read
+            logger.info("running with config:\n%s", cfg.dump())  # after the dataset's one-line errors, if any
+            # a resumed model gets its weights from last.pth: the initial ones are not even read
             self.model = prepare_model(make_model(cfg, self.num_classes, load_pretrained=resume is None), cfg,
                                        self.device)
         logger.info("%s", parameter_summary(self.model, cfg.INPUT.SIZE_TRAIN))
@@ -210,8 +214,10 @@ class Trainer:
         atomic_save(checkpoint_record(self.model, self.num_classes, cfg.dump(), max_epochs), final)
         logger.info("saved %s", final)
         results = self._evaluate(max_epochs)
-        record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
-                                                  "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+        record = results_record(results, "none", {"command": "train.py", "dataset": self.dataset.name,
+                                                  "weight": final, "epoch": max_epochs,
+                                                  "modalities": list(cfg.MODEL.MODALITIES),
+                                                  "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
         logger.info("wrote %s", write_results(self.out, record))

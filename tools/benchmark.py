@@ -248,7 +248,7 @@ def memory_in_subprocess(args: argparse.Namespace, variant: str) -> dict:
 def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     """Per-worker rates of the training input pipeline (decode + augment every modality), in the main
     process; the cached variant decodes once, then only augments."""
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     records = dataset.train[:samples]
     transform = MultiModalTransform(build_image_transform(
         True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.FLIP_PROB,
@@ -282,7 +282,7 @@ def workers_needed(consumption: float, per_worker: float, headroom: float = 1.25
 # ---------------------------------------------------------------------------------------------------
 def default_num_classes(cfg: CfgNode) -> int:
     try:
-        return make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR).num_train_pids
+        return make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES).num_train_pids
     except UserError:
         return 171  # RGBNT201's training identities; the classifier's size barely matters here
 

@@ -11,7 +11,7 @@ from yacs.config import CfgNode
 from config import load_config
 from datasets import MultiModalDataset, make_dataset
 from model import MHCF
-from processor.cli import ArgumentParser, exit_on_user_error
+from processor.cli import ArgumentParser, exit_on_user_error, log_mapped_settings
 from processor.device import resolve_device
 from processor.tester import load_for_evaluation
 from utils.files import atomic_write_text
@@ -71,8 +71,9 @@ def load_trained_model(cfg: CfgNode, path: str, device: torch.device) -> MHCF:
 def load_model_and_data(args: argparse.Namespace) -> tuple[CfgNode, MHCF, MultiModalDataset, torch.device]:
     """The config of ``args``, the model of TEST.WEIGHT on the configured device, and the dataset."""
     cfg = load_config(args.config_file or None, args.opts)
+    log_mapped_settings(cfg)
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     return cfg, load_trained_model(cfg, cfg.TEST.WEIGHT, device), dataset, device
 
 

@@ -1,4 +1,8 @@
-"""Logging set-up: console + ``OUTPUT_DIR/<name>.log`` on the main process, warnings only elsewhere."""
+"""Logging set-up: console + ``OUTPUT_DIR/<name>.log`` on the main process, warnings only elsewhere.
+
+A log file is appended to, run after run; each run starts with a header line naming its command line and
+process, after a blank line, so the runs in one file stay apart.
+"""
 
 import logging
 import logging.handlers
@@ -8,7 +12,6 @@ import sys
 __all__ = ["open_held_log_file", "setup_logging"]
 
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-_FILE_DATES = "%Y-%m-%d %H:%M:%S"
 
 
 class _HeldLogFile(logging.handlers.BufferingHandler):
@@ -37,11 +40,15 @@ def setup_logging(output_dir: str | None = None, filename: str = "train.log", ma
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     root.addHandler(console)
-    if output_dir and main_process:
-        path = os.path.join(output_dir, filename)
-        root.addHandler(_HeldLogFile(path) if hold_file else _file_handler(path))
     for noisy in ("PIL", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if output_dir and main_process:
+        path = os.path.join(output_dir, filename)
+        earlier = os.path.isfile(path) and os.path.getsize(path) > 0
+        root.addHandler(_HeldLogFile(path) if hold_file else _file_handler(path))
+        logging.getLogger(__name__).info("%s new run (pid %d): %s %s%s", "=" * 8, os.getpid(),
+                                         os.path.basename(sys.executable), " ".join(sys.argv),
+                                         f"; earlier runs above in {path}" if earlier else "")
 
 
 def open_held_log_file() -> None:
@@ -57,7 +64,11 @@ def open_held_log_file() -> None:
 
 
 def _file_handler(path: str) -> logging.FileHandler:
+    """A handler appending to ``path``, after a blank line when the file already holds earlier runs."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    earlier = os.path.isfile(path) and os.path.getsize(path) > 0
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_FILE_DATES))
+    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    if earlier:
+        handler.stream.write("\n")
     return handler
