@@ -74,7 +74,9 @@ class Trainer:
         self.device = info.device
         self.out = cfg.OUTPUT_DIR
         resume = self._resume_checkpoint()  # checked before anything is written into the folder
-        setup_logging(self.out, "train.log", info.is_main, hold_file=True)  # train.log: once start-up went through
+        # a resumed run's train.log (an earlier run's record) is only appended to once start-up went through;
+        # a new run's gets its start-up errors too
+        setup_logging(self.out, "train.log", info.is_main, hold_file=resume is not None)
         log_mapped_settings(cfg)
         if cfg.TEST.WEIGHT:
             logger.warning("train.py does not read TEST.WEIGHT (%s; test.py evaluates it): to start training from a "

@@ -27,16 +27,15 @@ def tool_parser(name: str, doc: str) -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
 
 
-def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """argparse ``type``: an integer in [minimum, maximum]; anything else is a one-line usage error."""
+def integer(minimum: int) -> Callable[[str], int]:
+    """argparse ``type``: an integer >= minimum; anything else is a one-line usage error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
     return parse
 

@@ -362,7 +362,7 @@ def test_dataset_faults_are_named_before_training(trained_run, tiny_root, tmp_pa
         (old_root,): f"{old_root}/Synthetic holds the Synthetic dataset of generator version 0, this code makes "
                      f"version 1; move or delete that folder yourself (nothing in it was changed)",
         (tiny_root, "MODEL.MODALITIES", "['RGB', 'NI', 'XX']", "MODEL.HEAT.ORDER", "['RGB', 'NI', 'XX']"):
-            "MODEL.MODALITIES names XX, which Synthetic does not have (it has RGB, NI, TI)",
+            "Synthetic has the modalities RGB, NI, TI; MODEL.MODALITIES ['RGB', 'NI', 'XX'] names XX",
     }
     for i, ((root, *opts), expected) in enumerate(train_cases.items()):
         run = str(tmp_path / f"train{i}")
