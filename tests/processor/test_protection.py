@@ -369,5 +369,7 @@ def test_dataset_faults_are_named_before_training(trained_run, tiny_root, tmp_pa
         line = _refused(capsys, TRAIN, ["--config_file", config, "OUTPUT_DIR", run, "DATASETS.ROOT_DIR", root,
                                         *opts])
         assert expected in line, line
-        assert os.listdir(run) == []                          # no epoch, not even a log: refused at start-up
+        assert os.listdir(run) == ["train.log"]             # no epoch, no checkpoint, no config.yaml
+        log = _read(os.path.join(run, "train.log"))
+        assert "epoch 1" not in log and f"error: {expected}" in log
     assert _snapshot(old_root) == old_before
