@@ -185,7 +185,7 @@ RULES: dict[str, Rule] = {
     "DATALOADER.PIN_MEMORY": Rule(anything, RUN),
     "DATALOADER.PERSISTENT_WORKERS": Rule(anything, RUN),
     "SOLVER.OPTIMIZER_NAME": Rule(one_of("Adam", "AdamW", "SGD"), TRAINING),
-    "SOLVER.BASE_LR": Rule(above(0), TRAINING),
+    "SOLVER.BASE_LR": Rule(at_least(0), TRAINING),  # 0 keeps the initial weights (a check of what was loaded)
     "SOLVER.BIAS_LR_FACTOR": Rule(at_least(0), TRAINING),
     "SOLVER.WEIGHT_DECAY": Rule(at_least(0), TRAINING),
     "SOLVER.WEIGHT_DECAY_BIAS": Rule(at_least(0), TRAINING),

@@ -42,8 +42,7 @@ OUT_OF_RANGE = [
     ("INPUT.PIXEL_STD", "[0.5, 0.0, 0.5]", "each > 0"),
     ("INPUT.PIXEL_MEAN", "[0.5, 0.5]", "3 values"),
     ("INPUT.FLIP_PROB", "1.5", "[0, 1]"),
-    ("SOLVER.BASE_LR", "0.0", "> 0"),
-    ("SOLVER.BASE_LR", "-1e-3", "> 0"),
+    ("SOLVER.BASE_LR", "-1e-3", ">= 0"),
     ("SOLVER.WARMUP_FACTOR", "-0.1", "[0, 1]"),
     ("SOLVER.MOMENTUM", "1.0", "[0, 1)"),
     ("SOLVER.STEPS", "[30, 20]", "increasing"),
@@ -75,7 +74,7 @@ def test_out_of_range_values_name_key_and_source(key, value, phrase):
 def test_a_file_value_names_the_file_and_cross_rules_name_the_other_key(tmp_path):
     path = tmp_path / "bad.yml"
     path.write_text("SOLVER:\n  BASE_LR: .nan\n")
-    with pytest.raises(UserError, match=rf"^{path}: SOLVER.BASE_LR must be > 0; got nan$"):
+    with pytest.raises(UserError, match=rf"^{path}: SOLVER.BASE_LR must be >= 0; got nan$"):
         load_config(str(path))
     path.write_text("DATALOADER:\n  NUM_INSTANCE: 3\n")  # the default batch (64) is then no multiple
     with pytest.raises(UserError, match=rf"^{path}: SOLVER.IMS_PER_BATCH must be a multiple of "
