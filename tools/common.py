@@ -27,28 +27,17 @@ def tool_parser(name: str, doc: str) -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
 
 
-def integer(minimum: int) -> Callable[[str], int]:
-    """argparse ``type``: an integer >= minimum; anything else is a one-line usage error."""
-    def parse(text: str) -> int:
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """argparse ``type``: a finite ``kind`` (int or float) >= minimum; anything else is a one-line usage error."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def number(minimum: float) -> Callable[[str], float]:
-    """argparse ``type``: a finite number >= minimum."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"{text!r}") from None
         if not minimum <= value < float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum}, got {text}")
+            finite = "a finite number " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"must be {finite}>= {minimum}, got {text}")
         return value
     return parse
 
