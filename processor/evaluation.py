@@ -62,7 +62,7 @@ def extract_views(model: MHCF, loader, device: torch.device, views: Sequence[Vie
     for batch in tqdm(loader, desc="features", disable=not (progress and sys.stderr.isatty()), leave=False):
         batch = batch_to(batch, modalities, device)
         tokens = model.encode(batch)
-        batch_size = len(batch["pid"])
+        batch_size = len(batch[modalities[0]])
         for view in out:
             missing = missing_modalities(view.setting, modalities)
             if view.protocol == DROP:

@@ -13,8 +13,10 @@ The config must train with INPUT.MODALITY_DROPOUT. The tool trains what it needs
   (and MODEL.HEAT.ORDER) cut to one proper subset: a *dedicated* model, trained from scratch on that subset
   alone with the same recipe and epochs.
 
-A folder that holds a finished run of exactly that config is reused, an interrupted one is resumed; a
-folder holding anything else stops the tool before any training (it never overwrites a run). Trailing
+A folder that holds a finished run of that config is reused, an interrupted one is resumed: the settings
+that decide the trained model (the keys of role model, training and length in config/validate.py) must be
+equal, a key the run's ``config.yaml`` lacks (added since) counting as its default. A folder holding anything
+else stops the tool before any training (it never overwrites a run). Trailing
 ``KEY VALUE`` pairs override every run's config (they are part of the config a run is recognised by).
 
 Then it evaluates, on the test set, with the dataset's own protocol:
@@ -42,10 +44,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from yacs.config import CfgNode
 
-from config import load_config
+from config import load_config, saved_values
+from config.validate import LENGTH, MODEL, RULES, TRAINING, flat_items
 from datasets import MultiModalDataset, make_dataset
 from processor.device import resolve_device
 from processor.evaluation import View, evaluate_pairs
@@ -95,17 +97,11 @@ def run_configs(config_file: str, opts: Sequence[str], runs: str) -> dict[str, C
     return configs
 
 
-def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
-    """The keys whose values differ between two config mappings (SOLVER.RESUME aside)."""
-    keys = []
-    for key in sorted(set(saved) | set(wanted)):
-        name = prefix + key
-        a, b = saved.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _differences(a, b, name + ".")
-        elif a != b and name != "SOLVER.RESUME":
-            keys.append(name)
-    return keys
+def _differences(cfg: CfgNode, saved: dict[str, object]) -> list[str]:
+    """The keys that decide a trained model (role model, training or length in config/validate.py) whose
+    value in ``cfg`` differs from ``saved`` (:func:`config.saved_values`: a key added since has its default)."""
+    return [key for key, value in flat_items(cfg)
+            if RULES[key].role in (MODEL, TRAINING, LENGTH) and saved.get(key, value) != value]
 
 
 def run_state(cfg: CfgNode) -> str:
@@ -119,7 +115,7 @@ def run_state(cfg: CfgNode) -> str:
         raise UserError(f"{folder} is not empty and holds no training run (no config.yaml); remove it or choose "
                         f"another --runs folder")
     with open(config) as f:
-        differences = _differences(yaml.safe_load(f) or {}, yaml.safe_load(cfg.dump()))
+        differences = _differences(cfg, saved_values(f.read()))
     if differences:
         raise UserError(f"{folder} holds a run of another config (it differs in {', '.join(differences[:5])}); "
                         f"remove it or choose another --runs folder")
