@@ -24,6 +24,8 @@ _CHOICES = {
     "MODEL.NAME": ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336px", "ViT-Mini-8"),  # model/backbone.py ARCHS
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
+    "SOLVER.WARMUP_FACTOR_OF": ("base", "group"),
+    "SOLVER.COSINE_MIN_FACTOR_OF": ("base", "group"),
     "SOLVER.AMP": ("off", "fp16", "bf16"),
     "TEST.NECK_FEAT": ("before", "after"),
 }
@@ -163,6 +165,8 @@ def _validate(cfg: CN) -> None:
             f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
             f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})"
         )
+    if cfg.SOLVER.SCHEDULE_START < 0:
+        raise UserError(f"config: SOLVER.SCHEDULE_START must be >= 0, got {cfg.SOLVER.SCHEDULE_START}")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
         size = cfg.INPUT[key.split(".")[1]]
         if len(size) != 2 or min(size) <= 0:

@@ -154,13 +154,23 @@ _C.SOLVER.MAX_EPOCHS = 40
 _C.SOLVER.IMS_PER_BATCH = 64
 # Triplet loss margin (ignored when MODEL.SOFT_MARGIN).
 _C.SOLVER.MARGIN = 0.8
-# Learning-rate schedule per epoch: "cosine" or "multistep".
+# Learning-rate schedule per epoch: "cosine" or "multistep". The defaults are the authors' schedule
+# (timm's CosineLRScheduler stepped with the epoch number before each epoch; docs/training.md).
 _C.SOLVER.SCHEDULER = "cosine"
-# Linear warm-up over WARMUP_EPOCHS epochs from WARMUP_FACTOR * BASE_LR.
+# Schedule time t of the first training epoch: epoch e (1-based) trains at the schedule's rate at
+# t = e - 1 + SCHEDULE_START. 1: the authors (epoch 1 is already one warm-up step in, epoch MAX_EPOCHS
+# trains at the cosine floor); 0: epoch 1 trains at the warm-up's start.
+_C.SOLVER.SCHEDULE_START = 1
+# Linear warm-up over t < WARMUP_EPOCHS, from WARMUP_FACTOR x the rate that WARMUP_FACTOR_OF names to each
+# group's rate: "base" is BASE_LR for every parameter group, biases included (the authors), "group" is
+# the group's own rate (biases then start from WARMUP_FACTOR x BASE_LR x BIAS_LR_FACTOR).
 _C.SOLVER.WARMUP_EPOCHS = 5
 _C.SOLVER.WARMUP_FACTOR = 0.01
-# Cosine: final learning rate as a fraction of BASE_LR.
-_C.SOLVER.COSINE_MIN_FACTOR = 0.002
+_C.SOLVER.WARMUP_FACTOR_OF = "base"
+# Cosine: the rate reaches COSINE_MIN_FACTOR x the rate that COSINE_MIN_FACTOR_OF names ("base" or
+# "group", as for the warm-up) at t = MAX_EPOCHS.
+_C.SOLVER.COSINE_MIN_FACTOR = 0.001
+_C.SOLVER.COSINE_MIN_FACTOR_OF = "base"
 # Multistep: epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [20, 50]
 _C.SOLVER.GAMMA = 0.1
