@@ -9,7 +9,7 @@ from config import load_config
 from solver import Schedule, make_optimizer, make_scheduler
 from tests.conftest import REPO
 
-RGBNT201 = os.path.join(REPO, "configs", "RGBNT201", "MHCF.yml")
+RGBNT201 = os.path.join(REPO, "configs", "RGBNT201", "MHCF_released.yml")
 
 # The authors' learning rates (weights / biases) of the RGBNT201 recipe, printed to the digits shown
 AUTHORS_TABLE = {1: (7.28e-6, 1.428e-5), 2: (1.421e-5, 2.821e-5), 5: (3.3669e-5, 6.7337e-5),
