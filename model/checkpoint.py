@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 FORMAT = "mhcf"  # the "format" entry of our checkpoints
 VERSION = 1
 OURS, RELEASED = "mhcf", "released"
-#: Entries of a ``last.pth`` that resume training (not needed to evaluate).
-TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+#: Entries of a ``last.pth`` that resume training (not needed to evaluate); "best_on_test" is the best
+#: evaluation so far under SOLVER.EVAL_PERIOD (chosen on the test set), or None.
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_on_test")
 
 
 @dataclass(frozen=True)

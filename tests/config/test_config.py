@@ -53,8 +53,8 @@ def test_benchmark_recipes(file, diffusion):
         assert re_prob == cfg.INPUT.RE_PROB and margin == cfg.SOLVER.MARGIN and cfg.MODEL.SOFT_MARGIN is False
         assert ([256, 128] if name in persons else [128, 256]) == cfg.INPUT.SIZE_TRAIN == cfg.INPUT.SIZE_TEST
         assert cfg.MODEL.MODALITY_HEADS is (name not in persons)
-        assert cfg.MODEL.HEAT.DIFFUSION == diffusion and cfg.MODEL.HEAT.NUM_CYCLES == 3
-        assert cfg.SOLVER.EVAL_PERIOD == (0 if diffusion == "dct" else 10 if name == "Market-MM" else 1)
+        assert diffusion == cfg.MODEL.HEAT.DIFFUSION and cfg.MODEL.HEAT.NUM_CYCLES == 3
+        assert (0 if diffusion == "dct" else 10 if name == "Market-MM" else 1) == cfg.SOLVER.EVAL_PERIOD
         s = cfg.SOLVER
         assert (s.OPTIMIZER_NAME, s.BASE_LR, s.BIAS_LR_FACTOR, s.WEIGHT_DECAY, s.WEIGHT_DECAY_BIAS) == (
             "Adam", 3.5e-5, 2.0, 1e-4, 1e-4)
