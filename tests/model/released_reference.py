@@ -1,8 +1,9 @@
-"""The authors' released checkpoint format with random weights, and an independent forward of their model
-written from the released operator's description (docs/heat_operator.md; dense adjacency, bmm diffusion) on
-top of the reference CLIP tower."""
+"""The authors' released checkpoint format with random weights, an independent forward of their model written
+from the released operator's description (docs/heat_operator.md; dense adjacency, bmm diffusion) on top of the
+reference CLIP tower, and their training step."""
 
 
+import copy
 import math
 
 import torch
@@ -97,9 +98,10 @@ def released_features(state: dict, visual: VisionTransformer, images: dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------------
-# The released training step (DESIGN §4.4-§5), written from the authors' code: their forward in training
-# mode, CLIP-ReID's losses (CrossEntropyLabelSmooth, TripletLoss with hard mining), Adam with one group per
-# parameter, timm's CosineLRScheduler stepped with the epoch number before the epoch.
+# The released training step (docs/training.md), written from the authors' code without this repository's
+# model, loss or solver: their forward in training mode, CLIP-ReID's losses (CrossEntropyLabelSmooth,
+# TripletLoss with hard mining), Adam with one group per parameter, timm's CosineLRScheduler stepped with the
+# epoch number before the epoch.
 # ---------------------------------------------------------------------------------------------------
 def authors_lr(epoch: int, lr: float, base_lr: float, warmup: int = 5, max_epochs: int = 40) -> float:
     """The rate of a group whose full rate is ``lr`` in training epoch ``epoch`` (1-based): timm's
@@ -152,8 +154,8 @@ def released_training_step(state: dict, visual: VisionTransformer, images: dict[
                            base_lr: float = 3.5e-5, bias_lr_factor: float = 2.0, weight_decay: float = 1e-4,
                            weight_decay_bias: float = 1e-4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training step of the released model from ``state`` (released names; ``visual`` holds the image
-    encoder), in the dtype of the inputs: returns the loss and the state after the Adam step (gradients
-    under "grad/<name>").
+    encoder; neither is modified), in the dtype of the images: returns the loss and the state after the Adam
+    step, with the gradients under "grad/<name>".
 
     Heads: BNNeck (frozen bias) + bias-free classifier on ``ori``, ``heat_cls``, ``heat_pat`` and, for
     vehicles (their ``DIRECT: 0``), on each modality's class token; the release's training forward returns
@@ -162,6 +164,9 @@ def released_training_step(state: dict, visual: VisionTransformer, images: dict[
     feature. Adam (0.9, 0.999, eps 1e-8, L2 weight decay), rate of ``epoch`` for the weights and the biases
     (parameters whose name contains "bias"); parameters without a gradient (``alpha_patch``, ``proj``) stay.
     """
+    dtype = images[MODALITIES[0]].dtype
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    visual = copy.deepcopy(visual).to(dtype).train()
     enc = {f"image_encoder.{k}": v for k, v in visual.named_parameters()}
     params = {name: value.detach().clone().requires_grad_(True) for name, value in state.items()
               if value.is_floating_point() and not name.startswith("image_encoder.")
@@ -169,6 +174,8 @@ def released_training_step(state: dict, visual: VisionTransformer, images: dict[
               and not (name.split(".")[0] in _BN_MODULES and name.endswith(".bias"))}
     params.update(enc)
     values = {**state, **params}
+    h, w = (n // visual.patch for n in images[MODALITIES[0]].shape[2:])
+    values["heat.heat_conductor.spatial_adjacency"] = dense_adjacency(h, w, dtype)   # exact in float64
 
     tokens = {m: visual(images[m], images[m].dtype) for m in MODALITIES}  # three calls, as their forward
     cls = {m: t[:, 0] for m, t in tokens.items()}
