@@ -217,7 +217,8 @@ _C.TEST.RE_RANKING_LAMBDA = 0.3
 # test set and the missing-modality sweep.
 _C.TEST.MODAL_BIAS = False
 # Queries per evaluation chunk: evaluation memory is about EVAL_CHUNK x gallery size x 4 bytes on CPU
-# (x 20 bytes on GPU), plus the features.
+# (x 20 bytes on GPU), plus the features and ~50 MB of float64 blocks for the distances. The figures do not
+# depend on it (README, Evaluation).
 _C.TEST.EVAL_CHUNK = 256
 
 # -----------------------------------------------------------------------------------------------------

@@ -175,9 +175,9 @@ def test_non_finite_features_are_rejected():
         evaluate_features(torch.tensor([[float("nan")]]), torch.zeros(2, 1), [0], [0, 1], [0], [1, 1])
 
 
-def _near_collinear_network(seed: int = 9, ids: int = 12, per: int = 6, d_in: int = 32, dim: int = 768):
+def _near_collinear_network(seed: int = 140, ids: int = 8, per: int = 6, d_in: int = 8, dim: int = 768):
     """A one-layer float64 "network" (inputs (N, d_in), weights (d_in, dim)) whose L2-normalised outputs
-    are almost collinear (cosine >= 0.99995, squared distances ~2e-5), with identities and 3 cameras."""
+    are almost collinear (cosine >= 0.99995, squared distances ~1e-5), with identities and 3 cameras."""
     gen = torch.Generator().manual_seed(seed)
     weights = torch.randn(d_in, dim, generator=gen, dtype=torch.float64) / d_in ** 0.5
     common = torch.randn(d_in, generator=gen, dtype=torch.float64)
@@ -191,9 +191,9 @@ def _near_collinear_network(seed: int = 9, ids: int = 12, per: int = 6, d_in: in
 def test_near_collinear_ranks_do_not_depend_on_chunk_or_batch_size():
     """Features of a float32 network run with batch sizes 1, 7 and 256 (its float32 rounding differs with
     the blocking of the matrix product), evaluated with query chunks of 1, 7 and 256: every figure equals
-    the float64 reference. The data keep every query's sorted distances >= 4e-5 apart (relative), far above
-    what float32 rounding of the features can move; the former float32 |q|^2 + |g|^2 - 2 q.g cancels ~1e-7
-    of 1 and gets them wrong."""
+    the float64 reference. The data keep every query's sorted distances >= 5e-4 apart (relative), far above
+    what float32 rounding of the features moves them (~1e-5); the former float32 |q|^2 + |g|^2 - 2 q.g
+    cancels ~1e-7 of 1 and gets them wrong."""
     inputs, weights, pids, cams = _near_collinear_network()
     q, g = np.arange(0, len(pids), 3), np.setdiff1d(np.arange(len(pids)), np.arange(0, len(pids), 3))
     meta = {"q_pids": pids[q], "g_pids": pids[g], "q_camids": cams[q], "g_camids": cams[g]}
@@ -201,7 +201,7 @@ def test_near_collinear_ranks_do_not_depend_on_chunk_or_batch_size():
     assert (exact @ exact.t()).min() >= 0.99995
     exact_dist = torch.cdist(exact[q], exact[g]) ** 2                                    # (Q, G)
     ordered = exact_dist.sort(1).values
-    assert (ordered.diff(dim=1) / ordered[:, 1:]).min() >= 4e-5
+    assert (ordered.diff(dim=1) / ordered[:, 1:]).min() >= 5e-4
     reference = evaluate_rank(exact_dist.numpy(), **meta)
     assert 0.3 < reference.mAP < 0.7 and reference.num_valid == len(q)
 
@@ -212,6 +212,7 @@ def test_near_collinear_ranks_do_not_depend_on_chunk_or_batch_size():
         qf, gf = feats[q], feats[g]
         exact_of_these = torch.cdist(qf.double(), gf.double()) ** 2
         torch.testing.assert_close(pairwise_sq_distances(qf, gf).double(), exact_of_these, rtol=1e-6, atol=0)
+        assert ((exact_of_these - exact_dist).abs() / exact_dist).max() < 5e-5      # the features' own rounding
         for chunk in (1, 7, 256):
             result = evaluate_features(qf, gf, **meta, chunk_size=chunk)
             assert result.mAP == pytest.approx(reference.mAP, abs=1e-12), (batch, chunk)
