@@ -42,8 +42,11 @@ _C.MODEL.SHARED_BACKBONE = True
 # person configs). The authors' configs call it MODEL.DIRECT, with the opposite meaning (DIRECT True = False
 # here); that name is accepted as an alias (config/authors.py).
 _C.MODEL.MODALITY_HEADS = False
-# True: soft-margin triplet loss log(1 + exp(d_ap - d_an)) (no margin to set); False: hinge loss
-# max(0, d_ap - d_an + SOLVER.MARGIN). The authors' name MODEL.NO_MARGIN is accepted as an alias.
+# Triplet loss on each head's pre-BN feature, batch-hard (per anchor the farthest positive d_ap and the
+# nearest negative d_an, Euclidean), averaged over anchors. True: soft margin log(1 + exp(d_ap - d_an)),
+# SOLVER.MARGIN unused (CLIP-ReID's TripletLoss() without margin, nn.SoftMarginLoss); False: hinge
+# max(0, d_ap - d_an + SOLVER.MARGIN), as all the authors' configs (NO_MARGIN: False). The authors' name
+# MODEL.NO_MARGIN is accepted as an alias.
 _C.MODEL.SOFT_MARGIN = False
 # Weight of every ID (label-smoothed cross-entropy) loss term.
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
