@@ -31,7 +31,7 @@ from config import load_config
 from datasets import DATASETS, make_dataset
 from processor.device import resolve_device
 from processor.evaluation import evaluate
-from processor.results import BEST_ON_TEST, METRICS, results_record
+from processor.results import BEST_ON_TEST, METRICS, RESULTS, results_record
 from utils.errors import UserError
 from utils.modalities import NONE, miss_settings, missing_modalities
 
@@ -128,7 +128,7 @@ def locate(name: str, explicit: str, runs: str, seeds: int = 1) -> list[tuple[st
 
 def best_on_test(folder: str | None) -> dict | None:
     """The run's best epoch chosen on the test set (its test_results.json), None when it has none."""
-    path = os.path.join(folder, "test_results.json") if folder else ""
+    path = os.path.join(folder, RESULTS) if folder else ""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
