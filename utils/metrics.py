@@ -49,21 +49,30 @@ def protocol_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, x
 
 
 #: Bytes of one float64 block of gallery features in :func:`sq_distances` (bounds its extra memory).
-_BLOCK_BYTES = 2**25
+_BLOCK_BYTES = 2**22
+
+
+def _blocks(gf: torch.Tensor) -> range:
+    """Start rows of the gallery blocks of ``_BLOCK_BYTES`` in float64."""
+    return range(0, len(gf), max(_BLOCK_BYTES // (8 * max(gf.shape[1], 1)), 1))
 
 
 def _centred_blocks(gf: torch.Tensor, centre: torch.Tensor):
     """``(start, gf[start:stop] - centre)`` in float64 over blocks of ``_BLOCK_BYTES``, on the centre's
     device."""
-    step = max(_BLOCK_BYTES // (8 * max(gf.shape[1], 1)), 1)
-    for start in range(0, len(gf), step):
+    step = _blocks(gf).step
+    for start in _blocks(gf):
         yield start, gf[start:start + step].to(centre.device, torch.float64, copy=True).sub_(centre)
 
 
 def gallery_centre(gf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The point :func:`sq_distances` measures from, the mean gallery feature (D,), and the gallery's
-    squared norms (G,) about it; float64."""
-    centre = gf.double().mean(0) if len(gf) else gf.new_zeros(gf.shape[1], dtype=torch.float64)
+    squared norms (G,) about it; float64, summed block by block (no float64 copy of the gallery)."""
+    centre = torch.zeros(gf.shape[1], dtype=torch.float64, device=gf.device)
+    step = _blocks(gf).step
+    for start in _blocks(gf):
+        centre += gf[start:start + step].double().sum(0)
+    centre /= max(len(gf), 1)
     g_sq = torch.empty(len(gf), dtype=torch.float64, device=gf.device)
     for start, g in _centred_blocks(gf, centre):
         g_sq[start:start + len(g)] = g.pow(2).sum(1)
