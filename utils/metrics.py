@@ -48,31 +48,23 @@ def protocol_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, x
     return valid, same_pid & valid
 
 
-#: Bytes of one float64 block of gallery features in :func:`sq_distances` (bounds its extra memory).
+#: Bytes of one float64 block of gallery features (bounds the extra memory of the distances).
 _BLOCK_BYTES = 2**22
 
 
-def _blocks(gf: torch.Tensor) -> range:
-    """Start rows of the gallery blocks of ``_BLOCK_BYTES`` in float64."""
-    return range(0, len(gf), max(_BLOCK_BYTES // (8 * max(gf.shape[1], 1)), 1))
-
-
 def _centred_blocks(gf: torch.Tensor, centre: torch.Tensor):
-    """``(start, gf[start:stop] - centre)`` in float64 over blocks of ``_BLOCK_BYTES``, on the centre's
+    """``(start, gf[start:stop] - centre)`` in float64 over blocks of about ``_BLOCK_BYTES``, on the centre's
     device."""
-    step = _blocks(gf).step
-    for start in _blocks(gf):
-        yield start, gf[start:start + step].to(centre.device, torch.float64, copy=True).sub_(centre)
+    step = max(_BLOCK_BYTES // (8 * max(gf.shape[1], 1)), 1)
+    for start in range(0, len(gf), step):
+        yield start, torch.sub(gf[start:start + step].to(centre.device), centre)
 
 
 def gallery_centre(gf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The point :func:`sq_distances` measures from, the mean gallery feature (D,), and the gallery's
-    squared norms (G,) about it; float64, summed block by block (no float64 copy of the gallery)."""
-    centre = torch.zeros(gf.shape[1], dtype=torch.float64, device=gf.device)
-    step = _blocks(gf).step
-    for start in _blocks(gf):
-        centre += gf[start:start + step].double().sum(0)
-    centre /= max(len(gf), 1)
+    squared norms (G,) about it; float64, block by block (no float64 copy of the gallery)."""
+    zero = torch.zeros(gf.shape[1], dtype=torch.float64, device=gf.device)
+    centre = sum((g.sum(0) for _, g in _centred_blocks(gf, zero)), zero) / max(len(gf), 1)
     g_sq = torch.empty(len(gf), dtype=torch.float64, device=gf.device)
     for start, g in _centred_blocks(gf, centre):
         g_sq[start:start + len(g)] = g.pow(2).sum(1)
@@ -94,14 +86,11 @@ def sq_distances(qf: torch.Tensor, gf: torch.Tensor, centre: torch.Tensor, g_sq:
     converted in blocks of ``_BLOCK_BYTES``, so the extra memory stays small.
     """
     out = torch.empty(len(qf), len(gf), device=qf.device) if out is None else out
-    q = qf.to(torch.float64, copy=True).sub_(centre)                                            # (Q, D)
+    q = torch.sub(qf, centre)                                                                   # (Q, D)
     q_sq = q.pow(2).sum(1, keepdim=True)                                                        # (Q, 1)
-    buffer = None
     for start, g in _centred_blocks(gf, centre):                                                # (b, D)
-        buffer = torch.empty(len(q), len(g), dtype=torch.float64, device=q.device) if buffer is None else buffer
-        block = torch.mm(q, g.t(), out=buffer[:, :len(g)])                                      # (Q, b)
-        block.mul_(-2).add_(q_sq).add_(g_sq[None, start:start + len(g)])
-        out[:, start:start + len(g)].copy_(block)
+        block = torch.addmm(g_sq[None, start:start + len(g)], q, g.t(), alpha=-2)               # (Q, b)
+        out[:, start:start + len(g)].copy_(block.add_(q_sq))
     return out
 
 

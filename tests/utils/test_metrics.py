@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils import metrics
 from utils.metrics import (
     _negatives_before_rows,
     _negatives_before_sorted,
@@ -221,3 +222,21 @@ def test_near_collinear_ranks_do_not_depend_on_chunk_or_batch_size():
         naive = qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1) - 2 * qf @ gf.t()
         naive_maps.add(evaluate_rank(naive.numpy(), **meta).mAP)
     assert min(abs(m - reference.mAP) for m in naive_maps) > 1e-3       # the test sees the cancellation
+
+
+def test_distances_do_not_depend_on_the_gallery_blocks(monkeypatch):
+    """The gallery goes through the float64 products in blocks of utils.metrics._BLOCK_BYTES; whatever their
+    size (1, 4 rows, all), the centre is the gallery mean and the distances are the same float32 values, the
+    exact ones rounded."""
+    gen = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(7, 16, generator=gen) + 5, torch.randn(23, 16, generator=gen) + 5
+    exact = torch.cdist(qf.double(), gf.double()) ** 2
+    results = []
+    for rows in (1, 4, 100):
+        monkeypatch.setattr(metrics, "_BLOCK_BYTES", 8 * 16 * rows)
+        centre, g_sq = metrics.gallery_centre(gf)
+        torch.testing.assert_close(centre, gf.double().mean(0), rtol=1e-14, atol=0)
+        torch.testing.assert_close(g_sq, (gf.double() - centre).pow(2).sum(1), rtol=1e-14, atol=0)
+        results.append(pairwise_sq_distances(qf, gf))
+        torch.testing.assert_close(results[-1].double(), exact, rtol=1e-7, atol=0)
+    assert all(torch.equal(r, results[0]) for r in results)
