@@ -203,7 +203,7 @@ def format_main_table(records: Mapping[str, dict]) -> str:
     not-present benchmarks keep their row."""
     lines = ["| benchmark | runs | " + " | ".join(METRICS) + " | best-on-test mAP | best-on-test Rank-1 | best epoch "
              "| paper mAP | paper Rank-1 | Δ mAP final / best-on-test | Δ Rank-1 final / best-on-test | checkpoint |",
-             "|---" * (len(METRICS) + 11) + "|"]
+             "|---" * (len(METRICS) + 10) + "|"]
     for name, rec in records.items():
         runs = _runs(rec)
         bests = [r.get(BEST_ON_TEST) for r in runs]

@@ -108,7 +108,10 @@ def test_seeds_give_mean_and_spread_of_final_and_best_on_test(tiny_root, trained
     assert record["final"]["mAP"]["std"] == pytest.approx(statistics.stdev(maps))
     assert record["best_epoch_chosen_on_test_set"]["epochs"] == [1, 2, 2]
     assert record["best_epoch_chosen_on_test_set"]["mAP"] == {"mean": 54.0, "std": 4.0}
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Synthetic |"))
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| benchmark | runs |"))
+    assert lines[header + 1].count("|---") == lines[header].count(" | ") + 1     # one column per header cell
+    row = next(line for line in lines if line.startswith("| Synthetic |"))
     mean_std = f"{sum(maps) / 3:.1f} ± {statistics.stdev(maps):.1f}"
     assert row.startswith(f"| Synthetic | 3 | {mean_std} |")
     assert "| 54.0 ± 4.0 | 64.0 ± 3.5 | 1, 2, 2 | — | — | — / — | — / — |" in row
