@@ -1,5 +1,6 @@
 """Datasets: one class per benchmark behind :func:`make_dataset`, and the data loaders of a config."""
 
+import os
 from collections.abc import Sequence
 
 from utils.errors import UserError
@@ -26,4 +27,7 @@ def make_dataset(name: str, root: str, modalities: Sequence[str] | None = None) 
     given ``modalities`` (MODEL.MODALITIES; default all of the benchmark's)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r} (DATASETS.NAMES); choose one of {', '.join(DATASETS)}")
+    folder = os.path.expanduser(root)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"DATASETS.ROOT_DIR {root} is a file, not the folder holding the datasets")
     return DATASETS[name](root, modalities)

@@ -10,7 +10,9 @@ import logging
 from torch import nn
 from yacs.config import CfgNode
 
-from .backbone import ClipViT, build_clip_vit
+from utils.errors import UserError
+
+from .backbone import ARCHS, ClipViT, build_clip_vit
 from .checkpoint import Checkpoint, checkpoint_record, read_checkpoint
 from .heat import HeatCycle, heat_diffuse
 from .mhcf import MHCF
@@ -29,6 +31,10 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
     re-initialised when its identities differ), else the backbone's CLIP weights from ``MODEL.PRETRAIN_PATH``.
     ``load_pretrained=False`` loads neither (the caller loads a whole model, or wants random weights).
     """
+    patch = ARCHS[cfg.MODEL.NAME]["patch_size"]
+    if any(side % patch for side in cfg.INPUT.SIZE_TRAIN):
+        raise UserError(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} must be multiples of the patch size {patch} "
+                        f"of {cfg.MODEL.NAME}: the backbone would cut off the rest of every image")
     init = cfg.MODEL.INIT_WEIGHTS if load_pretrained else ""
     pretrained = cfg.MODEL.PRETRAIN_PATH if load_pretrained and not init else None
 

@@ -14,8 +14,6 @@ identities, config, epoch and training state. ``torch.load`` always runs with ``
 
 import logging
 import os
-import re
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 from utils.errors import UserError
 
 from .released import convert_released_state_dict, is_released_state_dict, released_num_classes, strip_module_prefix
-from .state_dict import check_state_fits
+from .state_dict import check_state_fits, check_tensors, load_weights_only
 
 __all__ = ["FORMAT", "OURS", "RELEASED", "Checkpoint", "checkpoint_record", "read_checkpoint"]
 
@@ -33,9 +31,10 @@ logger = logging.getLogger(__name__)
 FORMAT = "mhcf"  # the "format" entry of our checkpoints
 VERSION = 1
 OURS, RELEASED = "mhcf", "released"
-#: Entries of a ``last.pth`` that resume training (not needed to evaluate); "best_on_test" is the best
-#: evaluation so far under SOLVER.EVAL_PERIOD (chosen on the test set), or None.
-TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_on_test")
+#: Entries of a ``last.pth`` that resume training (not needed to evaluate), each a dict.
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+#: The best evaluation so far under SOLVER.EVAL_PERIOD (chosen on the test set): a dict, or None (optional).
+BEST_ON_TEST_KEY = "best_on_test"
 
 
 @dataclass(frozen=True)
@@ -92,25 +91,29 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
     One-line UserErrors for a missing, unreadable or foreign file."""
     if not path:
         raise UserError(f"{what} is empty: give the checkpoint to evaluate")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file fails inside the unpickler in many ways
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc, path)})") from None
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} is not a regular file")
+    raw = load_weights_only(path, "PyTorch checkpoint")
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(raw).__name__}, not a dict)")
     if raw.get("format") == FORMAT:
         state = raw.get("model")
         if not isinstance(state, dict):
             raise UserError(f"{path}: an MHCF checkpoint without its model weights (no 'model' state dict)")
+        check_tensors(state, path)
+        for key, kind in (("config", str), ("epoch", int)):
+            if raw.get(key) is not None and not isinstance(raw[key], kind):
+                raise UserError(f"{path}: its {key!r} entry is a {type(raw[key]).__name__}, not a {kind.__name__}")
         num_classes = _classifier_rows(state, "heads.ori.classifier.weight", path)
-        training = {k: raw[k] for k in TRAINING_KEYS if k in raw} or None
+        training = {k: raw[k] for k in (*TRAINING_KEYS, BEST_ON_TEST_KEY) if k in raw} or None
         return Checkpoint(path, OURS, state, num_classes, raw.get("config"), raw.get("epoch"), training)
     state = raw.get("state_dict", raw.get("model", raw))
     if isinstance(state, dict) and is_released_state_dict(state):
         logger.info("%s is in the authors' released format: converting it", path)
         state = strip_module_prefix(state)
+        check_tensors(state, path)
         num_classes = released_num_classes(state)
         if num_classes is None:
             raise UserError(f"{path}: no classifier.weight in the released checkpoint")
@@ -127,20 +130,6 @@ def _classifier_rows(state: dict[str, torch.Tensor], key: str, path: str) -> int
     if key not in state:
         raise UserError(f"{path}: no {key} in the checkpoint; it is not an MHCF model")
     return int(state[key].shape[0])
-
-
-def _load_failure(exc: Exception, path: str) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises turning the
-    safety off, which a checkpoint from elsewhere must not be)."""
-    text = str(exc)
-    match = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?(.+?)(?: was not an allowed|\n|$)",
-                      text.replace("\n\n", " "))
-    if match and "GLOBAL" in match.group(1):
-        return f"it holds Python objects other than tensors and plain containers: {match.group(1).strip()}"
-    if not zipfile.is_zipfile(path):
-        return "not a zip archive as torch.save writes, nor a legacy torch file"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first
 
 
 def checkpoint_record(model: nn.Module, num_classes: int, config_yaml: str, epoch: int) -> dict:

@@ -50,7 +50,7 @@ from solver import make_optimizer
 from utils.errors import UserError
 from utils.flops import count_flops, format_costs, model_costs
 
-from .common import REPO, run_tool, tool_parser
+from .common import REPO, at_least, run_tool, tool_parser
 from .reference_mhcf import ReferenceMHCF
 
 HEAD_NAMES = ("ori", "heat_cls", "heat_pat")  # the reference model's heads, in its order
@@ -454,14 +454,17 @@ def run_benchmark(args: argparse.Namespace, cfg: CfgNode, device: torch.device) 
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser("benchmark", __doc__)
     p.add_argument("--config_file", default="", help="YAML config, e.g. configs/RGBNT201/MHCF.yml")
-    p.add_argument("--batch", type=int, default=0, help="samples per training step (default SOLVER.IMS_PER_BATCH)")
-    p.add_argument("--test_batch", type=int, default=0, help="samples per inference batch (default TEST.IMS_PER_BATCH)")
-    p.add_argument("--iters", type=int, default=5, help="measured iterations (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up iterations (default 2)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: PyTorch's choice)")
-    p.add_argument("--num_classes", type=int, default=0, help="identities (default: the dataset's, else 171)")
-    p.add_argument("--matmul_size", type=int, default=0, help="side of the square matmul (default 2048 CPU, 8192 GPU)")
-    p.add_argument("--data_samples", type=int, default=48, help="samples timed through the input pipeline")
+    p.add_argument("--batch", type=at_least(0), default=0,
+                   help="samples per training step (default SOLVER.IMS_PER_BATCH)")
+    p.add_argument("--test_batch", type=at_least(0), default=0,
+                   help="samples per inference batch (default TEST.IMS_PER_BATCH)")
+    p.add_argument("--iters", type=at_least(1), default=5, help="measured iterations (default 5)")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="warm-up iterations (default 2)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--num_classes", type=at_least(0), default=0, help="identities (default: the dataset's, else 171)")
+    p.add_argument("--matmul_size", type=at_least(0), default=0,
+                   help="side of the square matmul (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--data_samples", type=at_least(1), default=48, help="samples timed through the input pipeline")
     p.add_argument("--baseline", action="store_true", help="also time the authors' structure side by side")
     p.add_argument("--no_memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no_data", action="store_true", help="skip the input-pipeline measurement")

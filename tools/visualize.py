@@ -60,7 +60,7 @@ from utils.modalities import ALL, kept_modalities, miss_settings, missing_modali
 from utils.reranking import re_ranking
 from utils.tsne import tsne
 
-from .common import add_config_arguments, load_model_and_data, run_tool, tool_parser
+from .common import add_config_arguments, at_least, load_model_and_data, run_tool, tool_parser
 
 MATCH, MISMATCH, QUERY = "#00a000", "#dc0000", "#285adc"   # frames: same identity, another, the query
 MISSING = (128, 128, 128)  # a missing modality: the zero normalised image is the mean grey
@@ -522,11 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, help_text, num, height) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(func=func)
-        sub.add_argument("--num", type=int, default=num,
+        sub.add_argument("--num", type=at_least(1), default=num,
                          help=f"number of {'queries' if name == 'ranks' else 'test samples'}, evenly spaced "
                               f"(default {num})")
         if height:
-            sub.add_argument("--tile-height", type=int, default=height,
+            sub.add_argument("--tile-height", type=at_least(1), default=height,
                              help=f"pixels per image tile (default {height})")
         if name == "embedding":
             sub.add_argument("--out", default="", help="output folder (default OUTPUT_DIR/projector)")
@@ -535,18 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--out", default="", help="output file, .png, .pdf or .svg (default under "
                                                        "OUTPUT_DIR/visualize/)")
-            sub.add_argument("--dpi", type=int, default=200, help="resolution of raster output (default 200)")
+            sub.add_argument("--dpi", type=at_least(1), default=200, help="resolution of raster output (default 200)")
             sub.add_argument("--indices", type=parse_indices, default=None, metavar="I,J,...",
                              help="explicit indices, comma-separated (into the query for ranks, into the test "
                                   "samples otherwise)")
         if name == "ranks":
-            sub.add_argument("--topk", type=int, default=8, help="gallery items per query (default 8)")
+            sub.add_argument("--topk", type=at_least(1), default=8, help="gallery items per query (default 8)")
         if name == "heatmaps":
             sub.add_argument("--per-map", action="store_true",
                              help="give every map its own colour range and colour bar (default: one scale per "
                                   "kind over the figure)")
         if name == "tsne":
-            sub.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)")
+            sub.add_argument("--perplexity", type=at_least(1, float), default=30.0,
+                             help="t-SNE perplexity (default 30)")
         add_config_arguments(sub)
     return parser
 

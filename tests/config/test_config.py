@@ -68,7 +68,7 @@ def test_benchmark_recipes(file, diffusion):
 
 def test_overrides_are_typed():
     cfg = load_config(None, ["SOLVER.BASE_LR", "1", "TEST.FEAT_NORM", "False", "INPUT.SIZE_TRAIN", "[128,64]",
-                             "MODEL.HEAT.DIFFUSION", "stencil", "OUTPUT_DIR", "out/x"])
+                             "INPUT.SIZE_TEST", "[128,64]", "MODEL.HEAT.DIFFUSION", "stencil", "OUTPUT_DIR", "out/x"])
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
     assert cfg.TEST.FEAT_NORM is False
     assert cfg.INPUT.SIZE_TRAIN == [128, 64]

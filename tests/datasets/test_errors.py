@@ -132,6 +132,7 @@ def test_rgbnt100_strip_of_wrong_width_named(tmp_path):
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         os.makedirs(base / split)
         Image.new("RGB", (700, 128)).save(base / split / "0001_c0001_000.jpg")
+    Image.new("RGB", (700, 128)).save(base / "bounding_box_test" / "0001_c0002_000.jpg")  # the query's positive
     ds = make_dataset("RGBNT100", str(tmp_path))
     with pytest.raises(UserError, match=f"{base}/bounding_box_train/0001_c0001_000.jpg is 700x128"):
         ds.read(ds.train[0])

@@ -38,7 +38,7 @@ def checkpoints(tiny_root, tmp_path):
     and a file of random bytes."""
     paths = {}
     for name, opts in {"ours": [], "stencil": ["MODEL.HEAT.DIFFUSION", "stencil"],
-                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]"]}.items():
+                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]"]}.items():
         cfg = tiny_config(tiny_root, str(tmp_path), *opts)
         paths[name] = str(tmp_path / f"{name}.pth")
         atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 1), paths[name])
@@ -73,7 +73,8 @@ def test_config_and_checkpoint_mistakes(tiny_root, tmp_path, capsys, checkpoints
     out.mkdir()
     resume = [*base[:4], "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.RESUME", "True"]
     atomic_save({**checkpoint_record(make_model(tiny_config(tiny_root, str(out), "MODEL.HEAT.DIFFUSION",
-                                                           "stencil"), 8), 8, "", 1), "optimizer": {}},
+                                                           "stencil"), 8), 8, "", 1),
+                 "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {}},
                 str(out / "last.pth"))
     line = _one_line_error(capsys, trainer.train, resume)
     assert str(out / "last.pth") in line and "does not fit the configured model" in line

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 TOOLS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "tools"))
@@ -42,3 +44,29 @@ def test_every_tool_answers_help_as_documented():
         code, text = answers[name]
         assert code in (0, None), f"{name}: exit {code}\n{result.stderr[-2000:]}"
         assert text.startswith(f"usage: python -m tools.{name}"), text[:200]
+
+
+def test_invalid_tool_arguments_are_one_line(capsys):
+    """A wrong option or value: one line on stderr naming it, exit code 2 (in-process: torch is loaded)."""
+    import importlib
+
+    cases = [
+        ("modal_bias", ["--max-samples", "0"], "argument --max-samples: must be >= 1, got 0"),
+        ("modal_bias", ["--bogus"], "unrecognized arguments: --bogus"),
+        ("visualize", [], "the following arguments are required: command"),
+        ("visualize", ["ranks", "--topk", "-1"], "argument --topk: must be >= 1, got -1"),
+        ("visualize", ["heatmaps", "--dpi", "0"], "argument --dpi: must be >= 1, got 0"),
+        ("visualize", ["tsne", "--perplexity", "0.5"], "argument --perplexity: must be a finite number >= 1, got 0.5"),
+        ("visualize", ["ranks", "--indices", "1,x"], "argument --indices: expected comma-separated integers"),
+        ("bench_eval", ["--noise", "nan"], "argument --noise: must be a finite number >= 0, got nan"),
+        ("bench_eval", ["--queries", "many"], "argument --queries: expected an integer, got 'many'"),
+        ("benchmark", ["--iters", "0"], "argument --iters: must be >= 1, got 0"),
+        ("check_dataset_trees", ["--datasets", "Nope"], "argument --datasets: invalid choice: 'Nope'"),
+        ("reproduce_tables", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ]
+    for name, argv, expected in cases:
+        with pytest.raises(SystemExit) as stop:
+            importlib.import_module(f"tools.{name}").main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, (name, argv, err)
+        assert err.startswith(f"error: python -m tools.{name}") and expected in err, (name, argv, err)
