@@ -82,7 +82,7 @@ def make_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.opti
     """
     schedule, start = make_schedule(cfg), cfg.SOLVER.SCHEDULE_START
 
-    def factor(lr: float):
-        return lambda epoch: schedule.lr(epoch + start, lr) / lr
+    def factor(lr: float):  # a group at rate 0 (SOLVER.BASE_LR 0) stays at 0
+        return lambda epoch: schedule.lr(epoch + start, lr) / lr if lr else 0.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g["lr"]) for g in optimizer.param_groups])

@@ -106,6 +106,17 @@ def test_schedule_variants():
     assert [multistep.lr(t, 1.0) for t in (0, 19, 20, 49, 50)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
+def test_a_zero_learning_rate_stays_zero():
+    """SOLVER.BASE_LR 0 (allowed: it keeps the initial weights) gives every group rate 0 in every epoch."""
+    cfg = load_config(RGBNT201, ["SOLVER.BASE_LR", "0"])
+    optimizer = make_optimizer(cfg, torch.nn.Linear(3, 2))
+    scheduler = make_scheduler(cfg, optimizer)
+    for _ in range(3):
+        assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]
+        optimizer.step()
+        scheduler.step()
+
+
 @pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW),
                                        ("SGD", torch.optim.SGD)])
 def test_optimizer_groups(name, cls):
