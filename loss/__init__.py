@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode
 
-from .triplet import batch_hard_triplet
+from .triplet import at_least_float32, batch_hard_triplet
 
 __all__ = ["batch_hard_triplet", "make_loss", "reid_losses"]
 
@@ -18,7 +18,8 @@ def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.T
     """ID loss on each head's logits, triplet loss on its pre-BN feature (mined within ``groups``, if given)."""
     losses = {}
     for name, logits in outputs["logits"].items():
-        losses[f"id/{name}"] = id_weight * F.cross_entropy(logits.float(), pids, label_smoothing=label_smoothing)
+        losses[f"id/{name}"] = id_weight * F.cross_entropy(at_least_float32(logits), pids,
+                                                           label_smoothing=label_smoothing)
         triplet = batch_hard_triplet(outputs["features"][name], pids, margin, groups)
         losses[f"triplet/{name}"] = triplet_weight * triplet
     return losses

@@ -4,6 +4,11 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (autocast) as float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None,
                        groups: torch.Tensor | None = None) -> torch.Tensor:
     """For every anchor: its farthest positive and nearest negative in the batch.
@@ -12,7 +17,7 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
     Averaged over anchors. With ``groups`` (B,) both are mined among the anchor's own group only (training
     for missing modalities: the complete samples and their copies that lost modalities are two groups).
     """
-    x = features.float()
+    x = at_least_float32(features)
     sq = x.pow(2).sum(1)
     dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
     same = pids[:, None] == pids[None, :]

@@ -11,13 +11,17 @@ from utils.modalities import DROP, NONE, ZERO, kept_modalities, missing_modaliti
 
 from .evaluation import View
 
-__all__ = ["METRICS", "RESULTS", "any_to_any_record", "format_any_to_any", "format_results", "results_path",
-           "results_record", "write_results"]
+__all__ = ["BEST_ON_TEST", "METRICS", "RESULTS", "any_to_any_record", "format_any_to_any", "format_results",
+           "results_path", "results_record", "write_results"]
 
 #: The record of a run's evaluation, in its OUTPUT_DIR.
 RESULTS = "test_results.json"
 #: The figures of a record, in table order (percent).
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+#: Field of a training run's record with SOLVER.EVAL_PERIOD: the evaluated epoch of highest mAP (the final
+#: one included), ``{"epoch", figures}``, chosen on the test set -- the authors' protocol, not the result
+#: this repository reports (the record's top-level figures, the final epoch).
+BEST_ON_TEST = "best_epoch_chosen_on_test_set"
 
 #: One line per missing-modality protocol, heading its table.
 PROTOCOL_TITLES = {ZERO: "protocol zero: a missing modality's image is zeros, the model runs as usual "

@@ -20,12 +20,13 @@ from config.validate import resume_conflict
 from datasets import make_dataset, make_train_loader
 from loss import make_loss
 from model import MHCF, Checkpoint, checkpoint_record, make_model, read_checkpoint
-from model.checkpoint import TRAINING_KEYS
+from model.checkpoint import BEST_ON_TEST_KEY, TRAINING_KEYS
 from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import open_held_log_file, setup_logging
+from utils.metrics import RankResult
 from utils.modalities import NONE, ZERO
 
 from .cli import Terminated, log_mapped_settings
@@ -41,7 +42,7 @@ from .distributed import (
 )
 from .evaluation import evaluate
 from .modal_bias import analyse_modal_bias, log_modal_bias
-from .results import format_results, results_record, write_results
+from .results import BEST_ON_TEST, METRICS, format_results, results_record, write_results
 from .state import remove_stale_temporaries, rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
+        # SOLVER.EVAL_PERIOD: the best evaluation so far, {"epoch", figures in percent}, chosen on the test set
+        self.best: dict | None = None
         self.start_epoch = self._restore(resume) if resume is not None else 0
         self.saved_epoch = self.start_epoch  # the epoch last.pth holds (0: none yet)
-        self.best: tuple[int, float] | None = None  # (epoch, mAP) of SOLVER.EVAL_PERIOD, chosen on the test set
         self.train_model = self._wrap(self.model)
         self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
                                         pin_memory=self.device.type == "cuda")
@@ -161,13 +163,14 @@ class Trainer:
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{self.last_path}: its training state does not fit this run ({reason})") from None
+        self.best = training.get(BEST_ON_TEST_KEY)
         logger.info("resumed from %s after epoch %d", self.last_path, checkpoint.epoch)
         return int(checkpoint.epoch)
 
     def _save_last(self, epoch: int) -> None:
         state = checkpoint_record(self.model, self.num_classes, self.cfg.dump(), epoch)
         state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                     scaler=self.scaler.state_dict(), rng=rng_state())
+                     scaler=self.scaler.state_dict(), rng=rng_state(), **{BEST_ON_TEST_KEY: self.best})
         atomic_save(state, self.last_path)
         self.saved_epoch = epoch
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
@@ -199,16 +202,23 @@ class Trainer:
             raise
 
     def _end_of_epoch(self, epoch: int) -> None:
-        """Main process: save last.pth (and a snapshot); evaluate when SOLVER.EVAL_PERIOD says so."""
-        self._save_last(epoch)
+        """Main process: evaluate when SOLVER.EVAL_PERIOD says so, then save last.pth (which keeps the best
+        evaluation so far for a resumed run) and a snapshot."""
         period = self.cfg.SOLVER.EVAL_PERIOD
         if period and epoch % period == 0 and epoch < self.cfg.SOLVER.MAX_EPOCHS:
-            result = self._evaluate(epoch, progress=False)["none"]
-            if self.best is None or result.mAP > self.best[1]:
-                self.best = (epoch, result.mAP)
+            figures = self._keep_best(epoch, self._evaluate(epoch, progress=False)[NONE])
             logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
-                        "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
-                        self.best[0], 100 * self.best[1])
+                        "chosen on the test set, not a reportable result)", epoch, figures["mAP"],
+                        self.best["epoch"], self.best["mAP"])
+        self._save_last(epoch)
+
+    def _keep_best(self, epoch: int, result: RankResult) -> dict[str, float]:
+        """Keep ``result`` of ``epoch`` as the best evaluation when its mAP is at least the best's (a tie goes
+        to the later epoch, as in the authors' code); returns its figures (percent)."""
+        figures = result.as_percent()
+        if self.best is None or figures["mAP"] >= self.best["mAP"]:
+            self.best = {"epoch": epoch, **figures}
+        return figures
 
     def _finish(self) -> dict:
         """Main process: save model_final.pth, evaluate the final epoch (the reported result)."""
@@ -223,6 +233,12 @@ class Trainer:
                                                              "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
+        if cfg.SOLVER.EVAL_PERIOD:
+            self._keep_best(max_epochs, results[NONE])
+            record[BEST_ON_TEST] = self.best
+            logger.info("best epoch chosen on the test set (the authors' protocol, not the reported result): "
+                        "epoch %d, %s", self.best["epoch"],
+                        ", ".join(f"{k} {self.best[k]:.1f}" for k in METRICS))
         logger.info("wrote %s", write_results(self.out, record))
         self.writer.close()
         return record
