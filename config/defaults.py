@@ -115,10 +115,10 @@ _C.INPUT.SYNC_AUG = False
 # with probability MODALITY_DROPOUT * min(1, e / MODALITY_DROPOUT_RAMP) (MODALITY_DROPOUT throughout when
 # the ramp is 0); it keeps one of the proper, non-empty subsets of MODEL.MODALITIES, all equally likely
 # (otherwise all of them). Lost modalities are left out of the model's computation (TEST.MISS_PROTOCOL
-# "drop"); the triplet loss mines among the complete samples and among the copies separately, the ID loss
-# sees both. Batches hold 2 x SOLVER.IMS_PER_BATCH samples; a step costs about 1.5x (lost images are not
-# encoded). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed and
-# distributed runs see the same copies.
+# "drop"); the triplet loss mines among the samples that keep the same modalities (loss.presence_groups),
+# the ID loss sees all. Batches hold 2 x SOLVER.IMS_PER_BATCH samples; a step costs about 1.5x (lost images
+# are not encoded). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed
+# and distributed runs see the same copies.
 _C.INPUT.MODALITY_DROPOUT = 0.0
 # Epochs of the linear ramp of MODALITY_DROPOUT (0: no ramp).
 _C.INPUT.MODALITY_DROPOUT_RAMP = 0

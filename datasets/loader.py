@@ -41,9 +41,9 @@ class TransformedSamples(Dataset):
     """Items are dicts ``{modality: 3xHxW tensor, "pid", "camid", "sceneid", "index"}``.
 
     Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation), or
-    ``(index, seed, {modality: present}, copy)`` when training for missing modalities: the item carries them
-    as ``"present"`` (the absent modalities' images stay in the item, untouched: the model leaves them out)
-    and ``"copy"``.
+    ``(index, seed, {modality: present})`` when training for missing modalities: the item carries the
+    presence as ``"present"`` (the absent modalities' images stay in the item, untouched: the model leaves
+    them out).
     With ``cache=True`` every sample is decoded once, up front, and kept in memory (shared with forked
     workers).
     """
@@ -63,7 +63,7 @@ class TransformedSamples(Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: int | tuple) -> dict:
-        index, seed, *dropout = item if isinstance(item, tuple) else (item, None)
+        index, seed, *present = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         images = self.cache[index] if self.cache is not None else self.dataset.read(sample)
         if seed is None:
@@ -72,7 +72,7 @@ class TransformedSamples(Dataset):
             with _seeded(seed):
                 tensors = self.transform(images)
         out = {**tensors, "pid": sample.pid, "camid": sample.camid, "sceneid": sample.sceneid, "index": index}
-        return {**out, "present": dropout[0], "copy": dropout[1]} if dropout else out
+        return {**out, "present": present[0]} if present else out
 
 
 def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:

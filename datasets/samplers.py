@@ -3,8 +3,8 @@
 The epoch order is a pure function of (seed, epoch), so an interrupted run resumes exactly and every
 process of a distributed run agrees on it. Each yielded item is ``(dataset index, augmentation seed)``;
 when training for missing modalities (:class:`ModalityDropout`) every sample comes twice,
-``(dataset index, augmentation seed, {modality: present}, copy)``, complete (``copy`` False) and as a copy
-that lost modalities (``copy`` True), drawn as a pure function of (seed, epoch, position) as well.
+``(dataset index, augmentation seed, {modality: present})``, complete and as a copy that lost modalities,
+drawn as a pure function of (seed, epoch, position) as well.
 """
 
 from collections import defaultdict
@@ -119,8 +119,7 @@ class IdentitySampler(Sampler):
 
     def _local_items(self) -> list[tuple]:
         """This rank's items: its slice of every global batch, ``(index, augmentation seed)`` pairs; with
-        ``dropout``, each local batch's samples complete and then their copies, ``(index, seed, presence,
-        copy)``.
+        ``dropout``, each local batch's samples complete and then their copies, ``(index, seed, presence)``.
 
         Seeds and presence are drawn per position of the global epoch order and sliced like the indices, so
         the sample at a given position gets the same augmentation and copy whatever the number of processes.
@@ -137,8 +136,8 @@ class IdentitySampler(Sampler):
         present = self.dropout.draw(self.seed, self.epoch, shape)[:, lo:hi]        # (batches, local, M)
         items = []
         for batch, rows in zip(local, present):
-            items += [(*item, dict.fromkeys(modalities, True), False) for item in batch]
-            items += [(*item, dict(zip(modalities, map(bool, row))), True) for item, row in zip(batch, rows)]
+            items += [(*item, dict.fromkeys(modalities, True)) for item in batch]
+            items += [(*item, dict(zip(modalities, map(bool, row)))) for item, row in zip(batch, rows)]
         return items
 
     def __iter__(self) -> Iterator[tuple]:

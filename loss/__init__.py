@@ -1,7 +1,7 @@
 """Losses: one ID (label-smoothed cross-entropy) and one triplet term per head, named ``id/<head>`` and
 ``triplet/<head>``, already multiplied by their config weights (their sum is the training loss)."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from yacs.config import CfgNode
 
 from .triplet import at_least_float32, batch_hard_triplet
 
-__all__ = ["batch_hard_triplet", "make_loss", "reid_losses"]
+__all__ = ["batch_hard_triplet", "make_loss", "presence_groups", "reid_losses"]
 
 
 def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.Tensor, *, margin: float | None,
@@ -23,6 +23,15 @@ def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.T
         triplet = batch_hard_triplet(outputs["features"][name], pids, margin, groups)
         losses[f"triplet/{name}"] = triplet_weight * triplet
     return losses
+
+
+def presence_groups(present: Mapping[str, torch.Tensor] | None, modalities: Sequence[str]) -> torch.Tensor | None:
+    """(B,) int64: the modalities each sample of a batch keeps, as a code (bit i: ``modalities[i]``), the groups
+    of the triplet loss when training for missing modalities: a sample is compared with samples seen with the
+    same modalities, as retrieval under one missing-modality setting compares them. None without a mask."""
+    if present is None:
+        return None
+    return sum(present[m].to(torch.int64) << i for i, m in enumerate(modalities))
 
 
 def make_loss(cfg: CfgNode, num_classes: int) -> Callable[..., dict[str, torch.Tensor]]:

@@ -15,7 +15,8 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
 
     ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
     Averaged over anchors. With ``groups`` (B,) both are mined among the anchor's own group only (training
-    for missing modalities: the complete samples and their copies that lost modalities are two groups).
+    for missing modalities: the samples that keep the same modalities, :func:`loss.presence_groups`); an
+    anchor without a negative in its group contributes 0 (an anchor is always its own positive).
     """
     x = at_least_float32(features)
     sq = x.pow(2).sum(1)

@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 from config import saved_values
 from config.validate import resume_conflict
 from datasets import make_dataset, make_train_loader
-from loss import make_loss
+from loss import make_loss, presence_groups
 from model import MHCF, Checkpoint, checkpoint_record, make_model, read_checkpoint
 from model.checkpoint import BEST_ON_TEST_KEY, TRAINING_KEYS
 from solver import make_optimizer, make_scheduler
@@ -260,9 +260,8 @@ class Trainer:
         pids = batch["pid"].to(self.device)
         with autocast_context(self.device, self.cfg.SOLVER.AMP):
             outputs = self.train_model(batch)
-            # training for missing modalities: triplets mined among the complete samples and among the copies
-            copies = batch.get("copy")
-            losses = self.loss_fn(outputs, pids, None if copies is None else copies.to(self.device))
+            groups = presence_groups(batch.get("present"), self.model.modalities)  # None: nothing dropped
+            losses = self.loss_fn(outputs, pids, None if groups is None else groups.to(self.device))
         total = sum(losses.values())
         values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
                                  self.info)
