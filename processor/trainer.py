@@ -45,6 +45,8 @@ from .modal_bias import analyse_modal_bias, log_modal_bias
 from .results import BEST_ON_TEST, METRICS, format_results, results_record, write_results
 from .state import remove_stale_temporaries, rng_state, set_rng_state
 
+__all__ = ["Trainer", "train"]
+
 logger = logging.getLogger(__name__)
 
 
