@@ -99,3 +99,15 @@ def test_folders_it_did_not_make_stop_it_before_any_training(tiny_root, tmp_path
     assert robustness.run_state(configs["standard"]) == "train"      # its config, nothing saved yet
     (runs / "standard" / "last.pth").write_bytes(b"")
     assert robustness.run_state(configs["standard"]) == "resume"
+    # a run is recognised by what decides its model: how it ran (workers) may differ, a key its config.yaml
+    # lacks (added since) counts as its default
+    other = configs["standard"].clone()
+    other.defrost()
+    other.DATALOADER.NUM_WORKERS = 5
+    del other.INPUT["SYNC_AUG"]                                   # False, the default
+    (runs / "standard" / "config.yaml").write_text(other.dump())
+    assert robustness.run_state(configs["standard"]) == "resume"
+    del other.SOLVER["BASE_LR"]                                   # 0.001 in the config, not the default
+    (runs / "standard" / "config.yaml").write_text(other.dump())
+    with pytest.raises(UserError, match="differs in SOLVER.BASE_LR"):
+        robustness.run_state(configs["standard"])
