@@ -110,6 +110,18 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # False: every modality draws its own random flip/crop/erasing (the reference code). True: one set of
 # random parameters for all modalities of a sample, keeping them pixel-aligned.
 _C.INPUT.SYNC_AUG = False
+# Training for missing modalities (0: off, the paper's recipe). Every training sample then comes twice in
+# its batch: complete, and as a copy (same images, same augmentation) that in epoch e has lost modalities
+# with probability MODALITY_DROPOUT * min(1, e / MODALITY_DROPOUT_RAMP) (MODALITY_DROPOUT throughout when
+# the ramp is 0); it keeps one of the proper, non-empty subsets of MODEL.MODALITIES, all equally likely
+# (otherwise all of them). Lost modalities are left out of the model's computation (TEST.MISS_PROTOCOL
+# "drop"); the triplet loss mines among the samples that keep the same modalities (loss.presence_groups),
+# the ID loss sees all. Batches hold 2 x SOLVER.IMS_PER_BATCH samples; a step costs about 1.5x (lost images
+# are not encoded). Drawn like the augmentation, from (SOLVER.SEED, epoch, position in the epoch): resumed
+# and distributed runs see the same copies.
+_C.INPUT.MODALITY_DROPOUT = 0.0
+# Epochs of the linear ramp of MODALITY_DROPOUT (0: no ramp).
+_C.INPUT.MODALITY_DROPOUT_RAMP = 0
 
 # -----------------------------------------------------------------------------------------------------
 # DATASETS
@@ -207,8 +219,20 @@ _C.TEST.FEAT_NORM = True
 # Test feature taken "before" or "after" the BNNeck batch norms.
 _C.TEST.NECK_FEAT = "before"
 # Missing modalities at test time, in query and gallery: "none", a combination of the modalities'
-# initials ("r", "n", "t", "rn", "rt", "nt"), or "all" to sweep none and the six settings.
+# initials ("r", "n", "t", "rn", "rt", "nt"), or "all" to sweep none and the six settings under both
+# protocols (TEST.MISS_PROTOCOL).
 _C.TEST.MISS = "none"
+# How a missing modality is handled (utils/modalities.py): "zero" (its image is zeros, the model runs as
+# usual; as DeMo, TOP-ReID and IDEA evaluate) or "drop" (left out of the model's computation, as in
+# training with INPUT.MODALITY_DROPOUT). For one TEST.MISS setting and for TEST.QUERY_MISS /
+# TEST.GALLERY_MISS; TEST.MISS "all" evaluates both.
+_C.TEST.MISS_PROTOCOL = "zero"
+# Any-to-any retrieval: the missing modalities of the query and of the gallery, set independently, in the
+# vocabulary of TEST.MISS ("all": every setting, none included). "" means TEST.MISS. When either is set,
+# every query setting is evaluated against every gallery setting under TEST.MISS_PROTOCOL (both "all": the
+# 7 x 7 table of modality subsets, for three modalities).
+_C.TEST.QUERY_MISS = ""
+_C.TEST.GALLERY_MISS = ""
 # k-reciprocal re-ranking (Zhong et al., CVPR 2017) and its parameters.
 _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20

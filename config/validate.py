@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from yacs.config import CfgNode
 
 from utils.errors import UserError
-from utils.modalities import initial, setting_error
+from utils.modalities import PROTOCOLS, initial, setting_error
 
 __all__ = ["CROSS_RULES", "EVAL", "LENGTH", "MODEL", "RULES", "RUN", "TRAINING", "Rule", "flat_items",
            "model_differences", "resume_conflict", "shown", "validate"]
@@ -121,8 +121,8 @@ def epochs(value) -> str | None:
 
 def modality_names(value) -> str | None:
     names = list(value)
-    if len(names) < 2 or len(set(names)) != len(names):
-        return "must list at least two distinct modality names"
+    if not names or len(set(names)) != len(names):
+        return "must list distinct modality names, at least one"
     if not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n) for n in names):
         return "must be names made of letters, digits and _ (starting with a letter)"
     if len({initial(n) for n in names}) != len(names):
@@ -177,6 +177,8 @@ RULES: dict[str, Rule] = {
     "INPUT.PIXEL_MEAN": Rule(vector(3, finite), MODEL),
     "INPUT.PIXEL_STD": Rule(vector(3, above(0)), MODEL),
     "INPUT.SYNC_AUG": Rule(anything, TRAINING),
+    "INPUT.MODALITY_DROPOUT": Rule(between(0, 1), TRAINING),  # needs two MODEL.MODALITIES (CROSS_RULES)
+    "INPUT.MODALITY_DROPOUT_RAMP": Rule(at_least(0), TRAINING),
     "DATASETS.NAMES": Rule(non_empty, TRAINING),  # the registry (datasets/) names the valid ones
     "DATASETS.ROOT_DIR": Rule(non_empty, RUN),
     "DATALOADER.NUM_WORKERS": Rule(at_least(0), RUN),
@@ -213,6 +215,9 @@ RULES: dict[str, Rule] = {
     "TEST.FEAT_NORM": Rule(anything, EVAL),
     "TEST.NECK_FEAT": Rule(one_of("before", "after"), EVAL),
     "TEST.MISS": Rule(anything, EVAL),  # a setting of MODEL.MODALITIES (CROSS_RULES)
+    "TEST.MISS_PROTOCOL": Rule(one_of(*PROTOCOLS), EVAL),
+    "TEST.QUERY_MISS": Rule(anything, EVAL),  # "" or a setting of MODEL.MODALITIES (CROSS_RULES)
+    "TEST.GALLERY_MISS": Rule(anything, EVAL),  # "" or a setting of MODEL.MODALITIES (CROSS_RULES)
     "TEST.RE_RANKING": Rule(anything, EVAL),
     "TEST.RE_RANKING_K1": Rule(at_least(1), EVAL),
     "TEST.RE_RANKING_K2": Rule(at_least(1), EVAL),
@@ -251,9 +256,19 @@ def _test_size(cfg):
 
 
 def _miss(cfg):
-    problem = setting_error(cfg.TEST.MISS, list(cfg.MODEL.MODALITIES))
-    return ("TEST.MISS", problem.removesuffix(f"; got {cfg.TEST.MISS!r}"), ("MODEL.MODALITIES",)) if problem \
-        else None
+    for key in ("MISS", "QUERY_MISS", "GALLERY_MISS"):  # "" is a valid QUERY_MISS / GALLERY_MISS: TEST.MISS
+        value = cfg.TEST[key]
+        problem = setting_error(value, list(cfg.MODEL.MODALITIES)) if key == "MISS" or value else None
+        if problem:
+            return f"TEST.{key}", problem.removesuffix(f"; got {value!r}"), ("MODEL.MODALITIES",)
+    return None
+
+
+def _dropout(cfg):
+    if cfg.INPUT.MODALITY_DROPOUT > 0 and len(cfg.MODEL.MODALITIES) < 2:
+        return "INPUT.MODALITY_DROPOUT", "needs at least two MODEL.MODALITIES (a sample keeps at least one)", \
+            ("MODEL.MODALITIES",)
+    return None
 
 
 def _losses(cfg):
@@ -264,7 +279,7 @@ def _losses(cfg):
 
 
 CROSS_RULES: Sequence[Callable[[CfgNode], tuple[str, str, tuple[str, ...]] | None]] = (
-    _heat_order, _batch, _test_size, _miss, _losses)
+    _heat_order, _batch, _test_size, _miss, _dropout, _losses)
 
 
 # --- checks over a whole config ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from yacs.config import CfgNode
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
-from .samplers import IdentitySampler
+from .samplers import IdentitySampler, ModalityDropout
 from .transforms import MultiModalTransform, build_image_transform
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ def _seeded(seed: int):
 class TransformedSamples(Dataset):
     """Items are dicts ``{modality: 3xHxW tensor, "pid", "camid", "sceneid", "index"}``.
 
-    Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation).
+    Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation), or
+    ``(index, seed, {modality: present})`` when training for missing modalities: the item carries the
+    presence as ``"present"`` (the absent modalities' images stay in the item, untouched: the model leaves
+    them out).
     With ``cache=True`` every sample is decoded once, up front, and kept in memory (shared with forked
     workers).
     """
@@ -59,8 +62,8 @@ class TransformedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        index, seed = item if isinstance(item, tuple) else (item, None)
+    def __getitem__(self, item: int | tuple) -> dict:
+        index, seed, *present = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         images = self.cache[index] if self.cache is not None else self.dataset.read(sample)
         if seed is None:
@@ -68,7 +71,8 @@ class TransformedSamples(Dataset):
         else:
             with _seeded(seed):
                 tensors = self.transform(images)
-        return {**tensors, "pid": sample.pid, "camid": sample.camid, "sceneid": sample.sceneid, "index": index}
+        out = {**tensors, "pid": sample.pid, "camid": sample.camid, "sceneid": sample.sceneid, "index": index}
+        return {**out, "present": present[0]} if present else out
 
 
 def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:
@@ -98,9 +102,16 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
                         f"but {dataset.name} has only {dataset.num_train_pids} training identities")
     data = TransformedSamples(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
                         cache=cfg.DATALOADER.CACHE)
+    dropout = None
+    if cfg.INPUT.MODALITY_DROPOUT > 0:
+        dropout = ModalityDropout(tuple(cfg.MODEL.MODALITIES), cfg.INPUT.MODALITY_DROPOUT,
+                                  cfg.INPUT.MODALITY_DROPOUT_RAMP)
+        logger.info("training for missing modalities: every sample also comes as a copy that lost modalities "
+                    "with probability %.2f%s", dropout.prob,
+                    f" (reached after a linear ramp of {dropout.ramp_epochs} epochs)" if dropout.ramp_epochs else "")
     sampler = IdentitySampler([s.pid for s in dataset.train], batch_size, instances, seed=cfg.SOLVER.SEED,
-                              num_replicas=world_size, rank=rank)
-    return DataLoader(data, batch_size=sampler.local_batch_size, sampler=sampler, drop_last=True,
+                              num_replicas=world_size, rank=rank, dropout=dropout)
+    return DataLoader(data, batch_size=sampler.items_per_batch, sampler=sampler, drop_last=True,
                       **_loader_kwargs(cfg, pin_memory))
 
 

@@ -8,10 +8,19 @@ Every identity is a unique combination of three attributes, each visible in one 
 - TI: which body bands are hot (one of 6 patterns over head / chest / belly / legs), blurred.
 
 With 6 values per attribute, an attribute is shared by about a sixth of the identities, so no single
-modality can tell identities apart; together they can. Pose, size, position, brightness, noise and
-backgrounds vary per image (camera nuisances). The RGBNT201 reader serves this folder unchanged.
+modality can tell identities apart; together they can.
+
+One more attribute is shared by the three modalities: the **build** (one of 4: short or long legs, slim or
+broad shoulders), i.e. the body's silhouette, which every modality shows (a coloured / bright / warm body on
+its background). Drawn independently of the other three, it is shared by about a quarter of the identities:
+too weak to identify anyone, but enough for a query in one modality to find its identity in another, and
+it keeps some identity in a sample that lost a modality.
+
+Pose, size, position, brightness, noise and backgrounds vary per image (camera nuisances). The RGBNT201
+reader serves this folder unchanged.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -35,13 +44,44 @@ CAMERAS = 4
 NIGHT_CAMERAS = (3, 4)
 SHOTS_PER_CAMERA = 4
 SEED = 20261123
-VERSION = "1"  # bump when the generator changes: a folder of another version is then refused, never deleted
+VERSION = "2"  # bump when the generator changes: a folder of another version is then refused, never deleted
+# (2: the shared build)
 
 # Torso hues for RGB (RGB in [0, 1]); distinct under the camera colour casts applied below.
 _HUES = np.array([[0.85, 0.15, 0.15], [0.15, 0.7, 0.2], [0.15, 0.3, 0.9],
                   [0.9, 0.8, 0.1], [0.75, 0.2, 0.8], [0.1, 0.8, 0.85]])
 # Hot body bands (head, chest, belly, legs) for TI.
 _HOT_BANDS = [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 1), (1, 0, 1, 0), (0, 1, 0, 1), (1, 1, 1, 1)]
+# Builds, the attribute every modality shows: (legs' share of the body height, half shoulder width in pixels
+# at full scale). Apart even at the extremes of the per-image scale (0.8-1.0) and width jitter (+-5%).
+_BUILDS = [(0.32, 5.0), (0.32, 7.5), (0.46, 5.0), (0.46, 7.5)]
+NUM_BUILDS = len(_BUILDS)
+#: The generator's record of every identity's attributes, in the dataset folder: {pid: {attribute: value}}.
+IDENTITIES = "identities.json"
+ATTRIBUTES = ("colour", "texture", "hot_bands", "build")
+
+
+def body_masks(build: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Boolean H x W masks of one pose of a person of the given build: ``head``, ``chest``, ``belly``,
+    ``legs``, their union ``body`` and ``torso`` (chest and belly). The pose (scale, position, width jitter)
+    is drawn from ``rng``; the legs' share of the height and the shoulder width come from the build."""
+    legs_share, width = _BUILDS[build]
+    scale = rng.uniform(0.8, 1.0)
+    body_h = int(HEIGHT * scale * 0.9)
+    top = int(rng.integers(1, HEIGHT - body_h))
+    cx = WIDTH / 2 + rng.uniform(-3, 3)
+    half_w = width * scale * rng.uniform(0.95, 1.05)
+    upper = (1 - legs_share) / 0.6  # head, chest and belly keep their proportions (0.16 : 0.24 : 0.2)
+    bands = np.cumsum([0, 0.16 * upper, 0.24 * upper, 0.2 * upper, legs_share]) * body_h + top
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    in_band = [(y >= bands[i]) & (y < bands[i + 1]) for i in range(4)]
+    masks = {"head": in_band[0] & (np.abs(x - cx) < half_w * 0.6),
+             "chest": in_band[1] & (np.abs(x - cx) < half_w),
+             "belly": in_band[2] & (np.abs(x - cx) < half_w),
+             "legs": in_band[3] & (np.abs(x - cx) < half_w * 0.8) & (np.abs(x - cx) > 0.8)}
+    masks["torso"] = masks["chest"] | masks["belly"]
+    masks["body"] = masks["head"] | masks["torso"] | masks["legs"]
+    return masks
 
 
 def _texture(kind: int, h: int, w: int, phase: int) -> np.ndarray:
@@ -70,23 +110,13 @@ def _blur(img: np.ndarray, passes: int) -> np.ndarray:
     return img
 
 
-def _render(attrs: tuple[int, int, int], cam: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _render(attrs: tuple[int, int, int, int], cam: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The three modality images (H x W x 3, uint8) of one person seen by camera ``cam`` (1-based)."""
-    colour, texture, heat = attrs
+    colour, texture, heat, build = attrs
     # body geometry, shared by the modalities of one sample (they are registered views)
-    scale = rng.uniform(0.8, 1.0)
-    body_h = int(HEIGHT * scale * 0.9)
-    top = int(rng.integers(1, HEIGHT - body_h))
-    cx = WIDTH / 2 + rng.uniform(-3, 3)
-    half_w = rng.uniform(5.0, 7.5) * scale
-    bands = np.cumsum([0, 0.16, 0.24, 0.2, 0.4]) * body_h + top  # head, chest, belly, legs
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    in_band = [(y >= bands[i]) & (y < bands[i + 1]) for i in range(4)]
-    head = in_band[0] & (np.abs(x - cx) < half_w * 0.6)
-    torso = (in_band[1] | in_band[2]) & (np.abs(x - cx) < half_w)
-    legs = in_band[3] & (np.abs(x - cx) < half_w * 0.8) & (np.abs(x - cx) > 0.8)
-    body = head | torso | legs
-    parts = [head, in_band[1] & torso, in_band[2] & torso, legs]
+    masks = body_masks(build, rng)
+    head, torso, legs, body = masks["head"], masks["torso"], masks["legs"], masks["body"]
+    parts = [head, masks["chest"], masks["belly"], legs]
     night = cam in NIGHT_CAMERAS
     out = {}
 
@@ -98,8 +128,8 @@ def _render(attrs: tuple[int, int, int], cam: int, rng: np.random.Generator) -> 
     img[head] = np.array([0.8, 0.6, 0.5])
     img[torso] = torso_colour * rng.uniform(0.8, 1.1)
     img[legs] = rng.uniform(0.1, 0.3)
-    if night:
-        img = img * 0.35
+    if night:  # a dark scene with the person faintly lit: colour is lost, the silhouette stays
+        img = img * np.where(body[..., None], 0.6, 0.25)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.08 if night else 0.04, img.shape)
     out["RGB"] = img
 
@@ -123,6 +153,16 @@ def _render(attrs: tuple[int, int, int], cam: int, rng: np.random.Generator) -> 
     return {m: (np.clip(v, 0, 1) * 255).round().astype(np.uint8) for m, v in out.items()}
 
 
+def identity_attributes(count: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """(colour, texture, hot bands, build) of identities 1..count: distinct (colour, texture, hot bands)
+    combinations, and a build drawn independently. ``generate`` draws them first from its generator, so
+    ``identity_attributes(n, np.random.default_rng(seed))`` gives the identities of a generated set."""
+    combos = [(c, t, h) for c in range(NUM_VALUES) for t in range(NUM_VALUES) for h in range(NUM_VALUES)]
+    chosen = rng.choice(len(combos), size=count, replace=False)
+    builds = rng.integers(0, NUM_BUILDS, size=count)
+    return [(*combos[c], int(b)) for c, b in zip(chosen, builds)]
+
+
 def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_IDS,
              shots_per_camera: int = SHOTS_PER_CAMERA, seed: int = SEED) -> None:
     """Write the Synthetic dataset into ``dataset_dir`` (created atomically: a temporary folder is renamed).
@@ -134,15 +174,14 @@ def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     rng = np.random.default_rng(seed)
-    combos = [(c, t, h) for c in range(NUM_VALUES) for t in range(NUM_VALUES) for h in range(NUM_VALUES)]
-    chosen = rng.choice(len(combos), size=train_ids + test_ids, replace=False)
+    attributes = identity_attributes(train_ids + test_ids, rng)
     count = 0
     for split, pids in (("train_171", range(1, train_ids + 1)),
                         ("test", range(train_ids + 1, train_ids + test_ids + 1))):
         for modality in RGBNT201.modality_dirs.values():
             os.makedirs(os.path.join(tmp, split, modality))
         for pid in pids:
-            attrs = combos[chosen[pid - 1]]
+            attrs = attributes[pid - 1]
             for cam in range(1, CAMERAS + 1):
                 for shot in range(shots_per_camera):
                     name = f"{pid:06d}_cam{cam}_0_{shot:02d}.jpg"
@@ -151,6 +190,8 @@ def generate(dataset_dir: str, train_ids: int = TRAIN_IDS, test_ids: int = TEST_
                     count += 1
     with open(os.path.join(tmp, "VERSION"), "w") as f:
         f.write(VERSION)
+    with open(os.path.join(tmp, IDENTITIES), "w") as f:  # what a model could know of every identity
+        json.dump({pid: dict(zip(ATTRIBUTES, attrs)) for pid, attrs in enumerate(attributes, 1)}, f)
     try:
         os.rename(tmp, dataset_dir)
     except OSError:  # another process finished first: keep its copy
@@ -178,6 +219,12 @@ class Synthetic(RGBNT201):
         if not os.path.isdir(dataset_dir):
             generate(dataset_dir)
         super().__init__(root, modalities)
+
+    def builds(self) -> dict[int, int]:
+        """Raw identity -> its build, the attribute every modality shows: what a model can match across
+        modalities, and nothing more (from the generator's record of the identities)."""
+        with open(os.path.join(self.dataset_dir, IDENTITIES)) as f:
+            return {int(pid): attrs["build"] for pid, attrs in json.load(f).items()}
 
 
 def _generated_version(dataset_dir: str) -> str | None:

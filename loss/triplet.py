@@ -9,18 +9,25 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None) -> torch.Tensor:
+def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None,
+                       groups: torch.Tensor | None = None) -> torch.Tensor:
     """For every anchor: its farthest positive and nearest negative in the batch.
 
     ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
-    Averaged over anchors.
+    Averaged over anchors. With ``groups`` (B,) both are mined among the anchor's own group only (training
+    for missing modalities: the samples that keep the same modalities, :func:`loss.presence_groups`); an
+    anchor without a negative in its group contributes 0 (an anchor is always its own positive).
     """
     x = at_least_float32(features)
     sq = x.pow(2).sum(1)
     dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
     same = pids[:, None] == pids[None, :]
+    other = ~same
+    if groups is not None:
+        together = groups[:, None] == groups[None, :]
+        same, other = same & together, other & together
     d_ap = dist.masked_fill(~same, float("-inf")).amax(1)
-    d_an = dist.masked_fill(same, float("inf")).amin(1)
+    d_an = dist.masked_fill(~other, float("inf")).amin(1)
     if margin is None:
         return F.softplus(d_ap - d_an).mean()
     return F.relu(d_ap - d_an + margin).mean()

@@ -4,7 +4,8 @@
   the DCT domain.
 - :class:`HeatConductionOperator`: one cross-modal heat conduction operator (CMHCO) source -> target,
   with the authors' released variant (``diffusion="stencil"``).
-- :class:`HeatCycle`: the operator applied around the cycle of modalities, several times.
+- :class:`HeatCycle`: the operator applied around the cycle of modalities, several times, with
+  absent modalities left out of the ring (:meth:`HeatCycle.forward`).
 """
 
 import math
@@ -210,19 +211,29 @@ class HeatConductionOperator(nn.Module):
 @dataclass
 class HeatOutput:
     """Per-modality class tokens (B, C) and patches (B, N, C) after the last cycle; ``cls_trace[c]`` holds
-    the class tokens after cycle c; ``stats[(cycle, source, target)]`` the operator's κ, g and G."""
+    the class tokens after cycle c; ``stats[(cycle, source, target)]`` the operator's κ, g and G.
+
+    With missing modalities, ``edge_present[(source, target)]`` (B,) tells the samples in which the edge ran
+    as named (both ends present); the other samples' statistics belong to another edge or to none.
+    """
 
     cls: dict[str, torch.Tensor]
     patches: dict[str, torch.Tensor]
     cls_trace: list[dict[str, torch.Tensor]] = field(default_factory=list)
     stats: dict[tuple[int, str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    edge_present: dict[tuple[str, str], torch.Tensor] | None = None
 
     def summary(self) -> dict[str, torch.Tensor]:
-        """Detached batch means of κ, g and G per edge ``"source->target/name"``, averaged over cycles."""
+        """Detached batch means of κ, g and G per edge ``"source->target/name"``, averaged over cycles; with
+        missing modalities, over the samples in which the edge ran (an edge that ran in none is left out)."""
         sums: dict[str, list[torch.Tensor]] = {}
         for (_, src, tgt), stats in self.stats.items():
+            ran = None if self.edge_present is None else self.edge_present[(src, tgt)]
+            if ran is not None and not ran.any():
+                continue
             for name, value in stats.items():
-                sums.setdefault(f"{src}->{tgt}/{name}", []).append(value.detach().float().mean())
+                value = value.detach().float()
+                sums.setdefault(f"{src}->{tgt}/{name}", []).append((value if ran is None else value[ran]).mean())
         return {key: torch.stack(values).mean() for key, values in sums.items()}
 
 
@@ -277,14 +288,52 @@ class HeatCycle(nn.Module):
             stats.update({f"conductivity/{m}": float(self.target_conductivity(m).mean()) for m in self.order})
         return stats
 
-    def forward(self, cls: Mapping[str, torch.Tensor], patches: Mapping[str, torch.Tensor]) -> HeatOutput:
+    def forward(self, cls: Mapping[str, torch.Tensor], patches: Mapping[str, torch.Tensor],
+                present: Mapping[str, torch.Tensor] | None = None) -> HeatOutput:
+        """Class tokens (B, C) and patches (B, N, C) per modality in, :class:`HeatOutput` out.
+
+        ``present`` maps every modality to a (B,) bool mask of the samples that have it (None: all of them;
+        every sample must have at least one). An absent modality neither gives nor takes heat: edges into it
+        are skipped (its tokens come out as they went in), and an edge out of it takes its source from the
+        nearest present modality before it in the cycle, so the present modalities form a shorter ring,
+        visited in the order of the full one (RGB -> NI -> TI without NI: RGB -> TI -> RGB). A modality
+        present alone conducts with itself, as the cycle of a one-modality model does. With nothing missing
+        this is the plain cycle, operation for operation.
+        """
+        if present is not None and all(bool(p.all()) for p in present.values()):
+            present = None
         cls, patches = dict(cls), dict(patches)
         tau = self.log_tau.exp() if self.conductivity is not None else 1.0
         out = HeatOutput(cls, patches)
+        if present is not None:
+            out.edge_present = {(src, tgt): present[src] & present[tgt] for src, tgt in self.edges}
         for c in range(self.num_cycles):
             for e, (src, tgt) in enumerate(self.edges):
-                cls[tgt], patches[tgt], stats = self.operator(c, e)(
-                    cls[src], patches[src], cls[tgt], patches[tgt], self.target_conductivity(tgt), tau)
+                operator, conductivity = self.operator(c, e), self.target_conductivity(tgt)
+                if present is None:
+                    cls[tgt], patches[tgt], stats = operator(
+                        cls[src], patches[src], cls[tgt], patches[tgt], conductivity, tau)
+                else:
+                    on = present[tgt]                                                        # (B,)
+                    if not on.any():
+                        continue
+                    src_cls, src_pat = self._nearest_present_source(tgt, cls, patches, present)
+                    new_cls, new_pat, stats = operator(src_cls, src_pat, cls[tgt], patches[tgt], conductivity, tau)
+                    cls[tgt] = torch.where(on[:, None], new_cls, cls[tgt])
+                    patches[tgt] = torch.where(on[:, None, None], new_pat, patches[tgt])
                 out.stats[(c, src, tgt)] = stats
             out.cls_trace.append(dict(cls))
         return out
+
+    def _nearest_present_source(self, target: str, cls: Mapping[str, torch.Tensor],
+                                patches: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample, the class token (B, C) and patches (B, N, C) of the nearest present modality before
+        ``target`` in the cycle; ``target``'s own where it is the only one present."""
+        i, count = self.order.index(target), len(self.order)
+        src_cls, src_pat = cls[target], patches[target]
+        for distance in range(count - 1, 0, -1):  # the farthest first: the nearest present one wins
+            m = self.order[(i - distance) % count]
+            src_cls = torch.where(present[m][:, None], cls[m], src_cls)
+            src_pat = torch.where(present[m][:, None, None], patches[m], src_pat)
+        return src_cls, src_pat

@@ -1,4 +1,9 @@
-"""MHCF: backbone tokens per modality -> heat cycle fusion -> named features -> BNNeck heads."""
+"""MHCF: backbone tokens per modality -> heat cycle fusion -> named features -> BNNeck heads.
+
+Missing modalities (a batch's optional ``"present"``: modality -> (B,) bool) are left out of the
+computation: their images are not encoded, they neither give nor take heat (:class:`HeatCycle`), and the
+slot an absent modality holds in every concatenated feature is filled by :func:`fill_absent`.
+"""
 
 from collections.abc import Mapping, Sequence
 
@@ -11,6 +16,15 @@ from .heat import HeatCycle, HeatOutput
 
 #: Features concatenated into the test feature, in this order.
 TEST_FEATURES = ("ori", "heat_cls", "heat_pat")
+
+
+def fill_absent(slots: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The slot rule: per sample, an absent modality's slot (B, C) becomes the mean of the present
+    modalities' slots. A feature then keeps its size and its scale, and a sample seen in one modality
+    compares with one seen in another through the slots they fill alike (cross-modal retrieval)."""
+    count = sum(present[m].to(s.dtype) for m, s in slots.items())[:, None]                 # (B, 1), >= 1
+    mean = sum(torch.where(present[m][:, None], s, 0.0) for m, s in slots.items()) / count  # (B, C)
+    return {m: torch.where(present[m][:, None], s, mean) for m, s in slots.items()}
 
 
 class MHCF(nn.Module):
@@ -46,24 +60,52 @@ class MHCF(nn.Module):
     def encoder(self, modality: str) -> ClipViT:
         return self.backbone if self.shared_backbone else self.backbone[modality]
 
-    def encode(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Backbone tokens (B, 1 + N, C) per modality."""
-        if self.shared_backbone:
-            images = torch.cat([batch[m] for m in self.modalities])        # (M * B, 3, H, W)
-            tokens = self.backbone(images).chunk(len(self.modalities))    # M x (B, 1 + N, C)
-            return dict(zip(self.modalities, tokens))
-        return {m: self.backbone[m](batch[m]) for m in self.modalities}
+    def presence(self, batch: Mapping) -> dict[str, torch.Tensor] | None:
+        """The batch's ``"present"`` masks (B,) on the images' device, or None when nothing is missing."""
+        present = batch.get("present")
+        if present is None:
+            return None
+        device = batch[self.modalities[0]].device
+        present = {m: present[m].to(device=device, dtype=torch.bool) for m in self.modalities}
+        if not bool(sum(p.to(torch.int64) for p in present.values()).min() > 0):
+            raise ValueError("every sample needs at least one present modality")
+        return None if all(bool(p.all()) for p in present.values()) else present
 
-    def fuse(self, tokens: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], HeatOutput]:
-        """Named pre-BN features from backbone tokens, and the heat cycle's full output (for analysis)."""
-        heat = self.heat({m: t[:, 0] for m, t in tokens.items()}, {m: t[:, 1:] for m, t in tokens.items()})
-        features = {
-            "ori": torch.cat([tokens[m][:, 0] for m in self.modalities], dim=1),
-            "heat_cls": torch.cat([heat.cls[m] for m in self.modalities], dim=1),
-            "heat_pat": torch.cat([heat.patches[m].mean(1) for m in self.modalities], dim=1),
-        }
+    def encode(self, batch: Mapping[str, torch.Tensor],
+               present: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Backbone tokens (B, 1 + N, C) per modality. With ``present`` only the present images are
+        encoded; an absent modality's rows are zeros, which :meth:`fuse` never reads."""
+        if present is None:
+            if self.shared_backbone:
+                images = torch.cat([batch[m] for m in self.modalities])        # (M * B, 3, H, W)
+                tokens = self.backbone(images).chunk(len(self.modalities))    # M x (B, 1 + N, C)
+                return dict(zip(self.modalities, tokens))
+            return {m: self.backbone[m](batch[m]) for m in self.modalities}
+        rows = {m: present[m].nonzero()[:, 0] for m in self.modalities}
+        if self.shared_backbone:
+            images = torch.cat([batch[m][rows[m]] for m in self.modalities])   # (present images, 3, H, W)
+            encoded = dict(zip(self.modalities, self.backbone(images).split([len(r) for r in rows.values()])))
+        else:  # a modality absent from the whole batch is not run at all (oneDNN's kernels reject 0 images)
+            encoded = {m: self.backbone[m](batch[m][r]) for m, r in rows.items() if len(r)}
+        first = next(iter(encoded.values()))                                    # (b, 1 + N, C)
+        zeros = first.new_zeros(len(present[self.modalities[0]]), *first.shape[1:])  # (B, 1 + N, C)
+        return {m: zeros.index_put((r,), encoded[m]) if m in encoded else zeros for m, r in rows.items()}
+
+    def fuse(self, tokens: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
+             ) -> tuple[dict[str, torch.Tensor], HeatOutput]:
+        """Named pre-BN features from backbone tokens, and the heat cycle's full output (for analysis).
+        ``present`` (modality -> (B,) bool): absent modalities are left out (module docstring)."""
+        heat = self.heat({m: t[:, 0] for m, t in tokens.items()}, {m: t[:, 1:] for m, t in tokens.items()},
+                         present)
+        slots = {"ori": {m: tokens[m][:, 0] for m in self.modalities},
+                 "heat_cls": {m: heat.cls[m] for m in self.modalities},
+                 "heat_pat": {m: heat.patches[m].mean(1) for m in self.modalities}}
+        if present is not None:
+            slots = {name: fill_absent(per_modality, present) for name, per_modality in slots.items()}
+        features = {name: torch.cat([per_modality[m] for m in self.modalities], dim=1)
+                    for name, per_modality in slots.items()}
         if self.modality_heads:
-            features.update({m: tokens[m][:, 0] for m in self.modalities})
+            features.update(slots["ori"])
         return features, heat
 
     def test_feature(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -73,7 +115,8 @@ class MHCF(nn.Module):
         return torch.cat([features[name] for name in TEST_FEATURES], dim=1)
 
     def forward(self, batch: Mapping[str, torch.Tensor]):
-        features, heat = self.fuse(self.encode(batch))
+        present = self.presence(batch)
+        features, heat = self.fuse(self.encode(batch, present), present)
         if self.training:
             logits = {name: head(features[name])[1] for name, head in self.heads.items()}
             return {"features": features, "logits": logits, "heat_stats": heat.summary()}

@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 from config import saved_values
 from config.validate import resume_conflict
 from datasets import make_dataset, make_train_loader
-from loss import make_loss
+from loss import make_loss, presence_groups
 from model import MHCF, Checkpoint, checkpoint_record, make_model, read_checkpoint
 from model.checkpoint import BEST_ON_TEST_KEY, TRAINING_KEYS
 from solver import make_optimizer, make_scheduler
@@ -27,7 +27,7 @@ from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import open_held_log_file, setup_logging
 from utils.metrics import RankResult
-from utils.modalities import NONE
+from utils.modalities import NONE, ZERO
 
 from .cli import Terminated, log_mapped_settings
 from .device import autocast_context, batch_to, prepare_model
@@ -44,6 +44,8 @@ from .evaluation import evaluate
 from .modal_bias import analyse_modal_bias, log_modal_bias
 from .results import BEST_ON_TEST, METRICS, format_results, results_record, write_results
 from .state import remove_stale_temporaries, rng_state, set_rng_state
+
+__all__ = ["Trainer", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,10 +229,10 @@ class Trainer:
         atomic_save(checkpoint_record(self.model, self.num_classes, cfg.dump(), max_epochs), final)
         logger.info("saved %s", final)
         results = self._evaluate(max_epochs)
-        record = results_record(results, NONE, {"command": "train.py", "dataset": self.dataset.name,
-                                                "weight": final, "epoch": max_epochs,
-                                                "modalities": list(cfg.MODEL.MODALITIES),
-                                                "re_ranking": cfg.TEST.RE_RANKING})
+        record = results_record({ZERO: results}, NONE, extra={"command": "train.py", "dataset": self.dataset.name,
+                                                             "weight": final, "epoch": max_epochs,
+                                                             "modalities": list(cfg.MODEL.MODALITIES),
+                                                             "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
         if cfg.SOLVER.EVAL_PERIOD:
@@ -260,7 +262,8 @@ class Trainer:
         pids = batch["pid"].to(self.device)
         with autocast_context(self.device, self.cfg.SOLVER.AMP):
             outputs = self.train_model(batch)
-            losses = self.loss_fn(outputs, pids)
+            groups = presence_groups(batch.get("present"), self.model.modalities)  # None: nothing dropped
+            losses = self.loss_fn(outputs, pids, None if groups is None else groups.to(self.device))
         total = sum(losses.values())
         values = all_reduce_mean(torch.stack([total.detach(), *[v.detach().float() for v in losses.values()]]),
                                  self.info)

@@ -33,6 +33,14 @@ def tiny_root(tmp_path_factory) -> str:
     return root
 
 
+def tiny_opts(root: str) -> list[str]:
+    """The overrides that shrink a Synthetic config for tests: 2 epochs of 2 iterations-worth of data, no
+    workers, data under ``root``."""
+    return ["DATASETS.ROOT_DIR", root, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+            "SOLVER.IMS_PER_BATCH", "16", "DATALOADER.NUM_INSTANCE", "4", "SOLVER.MAX_EPOCHS", "2",
+            "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.LOG_PERIOD", "1", "TEST.IMS_PER_BATCH", "32"]
+
+
 @pytest.fixture(scope="session")
 def small_root(tmp_path_factory) -> str:
     """A data root holding ``Synthetic/`` with 4 train ids and 2 test ids, 1 shot per camera (4 cameras): one
@@ -43,12 +51,9 @@ def small_root(tmp_path_factory) -> str:
 
 
 def tiny_config(root: str, output_dir: str, *opts, freeze: bool = True):
-    """The Synthetic config shrunk for tests: 2 epochs of 2 iterations-worth of data, no workers."""
-    base = ["DATASETS.ROOT_DIR", root, "OUTPUT_DIR", output_dir, "MODEL.DEVICE", "cpu",
-            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "16", "DATALOADER.NUM_INSTANCE", "4",
-            "SOLVER.MAX_EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.LOG_PERIOD", "1",
-            "TEST.IMS_PER_BATCH", "32"]
-    return load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), base + list(opts), freeze=freeze)
+    """The Synthetic config shrunk for tests (:func:`tiny_opts`), writing into ``output_dir``."""
+    return load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"),
+                       [*tiny_opts(root), "OUTPUT_DIR", output_dir, *opts], freeze=freeze)
 
 
 @contextmanager

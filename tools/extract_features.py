@@ -63,7 +63,8 @@ class FeatureExtractor:
     checkpoint (default TEST.WEIGHT of the config); ``device``: MODEL.DEVICE (default the config's); ``opts``:
     further ``KEY VALUE`` overrides. Calling it with ``{modality: [image, ...]}`` returns ``(N, D)`` float32 CPU
     features, in the order given; an image is a path or a PIL image; a modality not given, or ``None`` in its
-    list, is missing for that sample (at least one modality per sample). Features are L2-normalised when
+    list, is missing for that sample (at least one modality per sample; TEST.MISS_PROTOCOL says how the model
+    handles it). Features are L2-normalised when
     TEST.FEAT_NORM is True.
     """
 
@@ -100,7 +101,7 @@ class FeatureExtractor:
             groups.setdefault(self._setting(kept), []).append(i)
         for setting, rows in groups.items():
             features = extract_features(self.model, self._batches(images, rows), self.device, [setting],
-                                        progress=False)[setting]
+                                        progress=False, protocol=self.cfg.TEST.MISS_PROTOCOL)[setting]
             out[rows] = F.normalize(features, dim=1) if self.cfg.TEST.FEAT_NORM else features
         return out
 
@@ -128,7 +129,8 @@ class FeatureExtractor:
         return "".join(initial(m) for m in missing) or NONE
 
     def _batches(self, images: Mapping[str, Sequence], rows: Sequence[int]):
-        """Batches of the samples ``rows`` (TEST.IMS_PER_BATCH each): a missing modality's image is zeros."""
+        """Batches of the samples ``rows`` (TEST.IMS_PER_BATCH each): a missing modality's image is zeros (not read
+        under TEST.MISS_PROTOCOL drop)."""
         size = self.cfg.TEST.IMS_PER_BATCH
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]

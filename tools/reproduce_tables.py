@@ -33,7 +33,7 @@ from processor.device import resolve_device
 from processor.evaluation import evaluate
 from processor.results import BEST_ON_TEST, METRICS, RESULTS, results_record
 from utils.errors import UserError
-from utils.modalities import NONE, miss_settings, missing_modalities
+from utils.modalities import NONE, ZERO, miss_settings, missing_modalities
 
 from .common import REPO, load_trained_model, run_tool, tool_parser, write_report
 
@@ -144,7 +144,7 @@ def dataset_present(name: str, root: str, explicit: bool) -> bool:
 
 def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, out: str, opts: Sequence[str],
                        sweep: bool) -> dict:
-    """The ``test_results.json`` record of one benchmark (with the sweep under "settings")."""
+    """The ``test_results.json`` record of one benchmark (with the sweep, protocol zero, under "protocols")."""
     cfg = load_config(config_file, ["DATASETS.ROOT_DIR", root, "OUTPUT_DIR", os.path.join(out, name),
                                     "TEST.WEIGHT", checkpoint, *opts])
     if name != cfg.DATASETS.NAMES:
@@ -155,8 +155,8 @@ def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, 
     logger.info("evaluating %s on %s (%s, config %s)", checkpoint, name, device, config_file)
     settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [NONE]
     results = evaluate(cfg, model, dataset, device, settings)
-    record = results_record(results, NONE, {"dataset": name, "weight": checkpoint, "config": config_file,
-                                              "re_ranking": cfg.TEST.RE_RANKING})
+    record = results_record({ZERO: results}, NONE, extra={"dataset": name, "weight": checkpoint,
+                                                         "config": config_file, "re_ranking": cfg.TEST.RE_RANKING})
     record["modalities"] = list(cfg.MODEL.MODALITIES)
     return record
 
@@ -226,8 +226,8 @@ def format_sweep_table(records: Mapping[str, dict], modalities: Sequence[str]) -
     names = ["w/o " + "+".join(missing_modalities(s, modalities)) for s in settings]
     lines = ["| benchmark | " + " | ".join(names) + " | average |", "|---" * (len(names) + 2) + "|"]
     for name, rec in records.items():
-        runs = _runs(rec)
-        if not runs or any("settings" not in r for r in runs):
+        runs = [r.get("protocols", {}).get(ZERO) for r in _runs(rec)]
+        if not runs or None in runs:
             lines.append(f"| {name} | " + " | ".join("—" for _ in names) + " | not present |")
             continue
         swept = [[r["settings"].get(s) for r in runs] for s in settings] + [[r["average_missing"] for r in runs]]
@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             "the evaluated epoch of highest mAP, chosen on the test set: the authors' protocol and the paper's "
             f"figures{spread})\n\n" + format_main_table(records))
     if not args.no_sweep:
-        text += ("\n\n## Missing modalities (final epoch; mAP / Rank-1, percent; missing in query and gallery)\n\n"
+        text += ("\n\n## Missing modalities (final epoch; mAP / Rank-1, percent; missing in query and gallery; "
+                 "protocol zero: a missing image is zeros, as DeMo, TOP-ReID and IDEA evaluate)\n\n"
                  + format_sweep_table(records, modalities))
     write_report(args.out, "tables", records, text)
     return records

@@ -134,7 +134,7 @@ def save_figure(fig: Figure, path: str, dpi: int = 200) -> str:
 def _features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, samples: Sequence[Sample], setting: str,
               device: torch.device) -> torch.Tensor:
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting])[setting]
+    features = extract_features(model, loader, device, [setting], protocol=cfg.TEST.MISS_PROTOCOL)[setting]
     return F.normalize(features, dim=1) if cfg.TEST.FEAT_NORM else features
 
 
@@ -449,7 +449,7 @@ def tsne_command(args: argparse.Namespace) -> Figure:
     if len(samples) < 4:
         raise UserError(f"visualize tsne: t-SNE needs at least 4 samples, got {len(samples)} (--num, --indices)")
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting])[setting]
+    features = extract_features(model, loader, device, [setting], protocol=cfg.TEST.MISS_PROTOCOL)[setting]
     fig = tsne_figure(features, [s.pid for s in samples], model.modalities,
                       f"Test features: {describe(cfg, dataset, setting)}", args.perplexity, cfg.SOLVER.SEED)
     save_figure(fig, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", f"tsne_{setting}.png"), args.dpi)
@@ -486,7 +486,7 @@ def embedding(args: argparse.Namespace) -> str:
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, settings)
+    features = extract_features(model, loader, device, settings, protocol=cfg.TEST.MISS_PROTOCOL)
     if cfg.TEST.FEAT_NORM:
         features = {s: F.normalize(f, dim=1) for s, f in features.items()}
     thumb = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)

@@ -4,14 +4,26 @@ A setting names the modalities that are missing by their initials, lower case: w
 removes RGB, ``"nt"`` removes NI and TI (RGB alone is left), ``"none"`` removes nothing. ``"all"`` stands for
 the sweep over ``"none"`` and every proper subset (at least one modality is left). Everything that reads or
 writes a setting goes through these functions.
+
+A missing modality is handled by one of two protocols (``TEST.MISS_PROTOCOL``):
+
+- ``"zero"``: its normalised image is all zeros and the model runs as usual (DeMo, TOP-ReID and IDEA
+  evaluate so; comparable with their tables);
+- ``"drop"``: it is left out of the model's computation (not encoded, no heat to or from it, its feature
+  slots filled from the present modalities; ``model/mhcf.py``), as in training with
+  ``INPUT.MODALITY_DROPOUT``.
 """
 
 from collections.abc import Sequence
 from itertools import combinations
 
-__all__ = ["ALL", "NONE", "initial", "kept_modalities", "miss_settings", "missing_modalities", "setting_error"]
+__all__ = ["ALL", "DROP", "NONE", "PROTOCOLS", "ZERO", "initial", "kept_modalities", "miss_settings",
+           "missing_modalities", "setting_error"]
 
 NONE, ALL = "none", "all"
+ZERO, DROP = "zero", "drop"
+#: The missing-modality protocols, in the order the sweep reports them.
+PROTOCOLS = (ZERO, DROP)
 
 
 def initial(modality: str) -> str:

@@ -22,6 +22,8 @@ def test_every_config_file_merges_and_lists_only_what_differs(path):
     defaults = get_default_config()
     same = [key for key in listed if key != "DATASETS.NAMES" and _value(defaults, key) == _value(cfg, key)]
     assert not same, f"{path} repeats defaults: {same}"
+    if not path.endswith("_robust.yml"):
+        assert cfg.INPUT.MODALITY_DROPOUT == 0  # the paper's recipe: no training for missing modalities
 
 
 def _value(cfg, key):
@@ -40,6 +42,17 @@ def test_the_authors_key_names_are_aliases(tmp_path):
     assert cfg.MODEL.MODALITY_HEADS is False and cfg.INPUT.FLIP_PROB == 0.1
     with pytest.raises(UserError, match="MODEL.DIRECT must be a boolean"):
         load_config(None, ["MODEL.DIRECT", "maybe"])
+
+
+def test_robust_synthetic_config_differs_only_by_modality_dropout():
+    standard = load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), freeze=False)
+    robust = load_config(os.path.join(REPO, "configs", "Synthetic", "MHCF_robust.yml"), freeze=False)
+    assert robust.INPUT.MODALITY_DROPOUT == 1.0 and robust.INPUT.MODALITY_DROPOUT_RAMP == 0
+    assert robust.OUTPUT_DIR == "./output/Synthetic_robust"
+    for key in ("MODALITY_DROPOUT", "MODALITY_DROPOUT_RAMP"):
+        robust.INPUT[key] = standard.INPUT[key]
+    robust.OUTPUT_DIR = standard.OUTPUT_DIR
+    assert robust == standard
 
 
 @pytest.mark.parametrize("file, diffusion", [("MHCF.yml", "dct"), ("MHCF_released.yml", "stencil")])
@@ -86,6 +99,11 @@ def test_overrides_are_typed():
     (["MODEL.HEAT.ORDER", "['RGB', 'NI']"], "MODEL.HEAT.ORDER"),
     (["SOLVER.IMS_PER_BATCH", "30"], "SOLVER.IMS_PER_BATCH"),
     (["SOLVER.MAX_EPOCHS"], "KEY VALUE"),
+    (["INPUT.MODALITY_DROPOUT", "1.5"], "INPUT.MODALITY_DROPOUT"),
+    (["INPUT.MODALITY_DROPOUT_RAMP", "-1"], "INPUT.MODALITY_DROPOUT_RAMP"),
+    (["INPUT.MODALITY_DROPOUT", "0.5", "MODEL.MODALITIES", "['RGB']", "MODEL.HEAT.ORDER", "['RGB']"],
+     "INPUT.MODALITY_DROPOUT needs at least two"),
+    (["MODEL.MODALITIES", "[]", "MODEL.HEAT.ORDER", "[]"], "MODEL.MODALITIES"),
 ])
 def test_bad_overrides_name_the_key(opts, culprit):
     with pytest.raises(UserError, match=re.escape(culprit)):

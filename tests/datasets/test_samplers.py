@@ -2,11 +2,12 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from datasets import make_dataset, make_train_loader
-from datasets.samplers import IdentitySampler, identity_batches
+from datasets.samplers import IdentitySampler, ModalityDropout, identity_batches
 from tests.conftest import tiny_config
 from utils.errors import UserError
 
@@ -85,6 +86,46 @@ def test_distributed_shares_are_disjoint_slices_of_one_order(world_size):
             _check_batch([i for i, _ in share[b:b + local]], P // world_size, K)
 
 
+def test_modality_dropout_schedule_and_draws():
+    dropout = ModalityDropout(("RGB", "NI", "TI"), 0.6, ramp_epochs=4)
+    assert [dropout.rate(e) for e in (1, 2, 4, 9)] == pytest.approx([0.15, 0.3, 0.6, 0.6])
+    assert ModalityDropout(("RGB", "NI", "TI"), 0.6).rate(1) == 0.6
+    # the kept subsets of the settings r, n, t, rn, rt, nt
+    assert dropout.subsets().tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    present = dropout.draw(seed=3, epoch=2, shape=(300, 40))                      # (300, 40, 3)
+    assert np.array_equal(present, dropout.draw(seed=3, epoch=2, shape=(300, 40)))
+    assert not np.array_equal(present, dropout.draw(seed=3, epoch=3, shape=(300, 40)))
+    rows = present.reshape(-1, 3)
+    assert rows.any(1).all()                                          # never every modality lost
+    lost = ~rows.all(1)
+    assert lost.mean() == pytest.approx(0.3, abs=0.015)               # rate(2); 4.5 binomial std
+    kept = Counter(map(tuple, rows[lost].astype(int).tolist()))
+    assert set(kept) == set(map(tuple, dropout.subsets().astype(int).tolist()))
+    assert all(abs(n / lost.sum() - 1 / 6) < 0.015 for n in kept.values())  # the six subsets alike
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_dropout_adds_a_copy_per_sample_and_follows_positions(world_size):
+    """Every local batch: its samples complete (the order and augmentation seeds of training without
+    dropout), then the same items again as copies with the presence drawn for their global positions."""
+    dropout = ModalityDropout(("RGB", "NI", "TI"), 1.0)
+    plain = list(IdentitySampler(PIDS, P * K, K, seed=11))
+    expected = dropout.draw(11, 0, (len(plain) // (P * K), P * K))               # (batches, P * K, 3)
+    local = P * K // world_size
+    for rank in range(world_size):
+        sampler = IdentitySampler(PIDS, P * K, K, seed=11, num_replicas=world_size, rank=rank, dropout=dropout)
+        items = list(sampler)
+        assert len(items) == len(sampler) == 2 * len(plain) // world_size and sampler.items_per_batch == 2 * local
+        for b in range(len(plain) // (P * K)):
+            batch = items[2 * local * b:2 * local * (b + 1)]
+            originals, copies = batch[:local], batch[local:]
+            mine = plain[P * K * b + rank * local:P * K * b + (rank + 1) * local]
+            assert [item[:2] for item in originals] == mine == [item[:2] for item in copies]
+            assert all(list(item[2]) == ["RGB", "NI", "TI"] and all(item[2].values()) for item in originals)
+            assert [list(item[2].values()) for item in copies] == expected[b, rank * local:(rank + 1) * local].tolist()
+    assert not expected.reshape(-1, 3).all(1).any()  # with probability 1 every copy lost something
+
+
 def test_invalid_batch_shapes():
     with pytest.raises(ValueError, match="not a multiple of num_instances"):
         IdentitySampler(PIDS, 18, 4)
@@ -114,4 +155,21 @@ def test_train_loader_batches_reproducible_and_split_over_ranks(tiny_root, tmp_p
     halves = [next(iter(make_train_loader(cfg, dataset, rank=r, world_size=2))) for r in range(2)]
     for key in ("RGB", "NI", "TI", "pid", "camid", "index"):
         assert torch.equal(torch.cat([h[key] for h in halves]), first[key]), key
+    assert "present" not in first
 
+
+def test_train_loader_carries_presence_with_modality_dropout(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, str(tmp_path), "INPUT.MODALITY_DROPOUT", "1.0")
+    dataset = make_dataset("Synthetic", tiny_root)
+    loader = make_train_loader(cfg, dataset)
+    batch = next(iter(loader))
+    present = torch.stack([batch["present"][m] for m in ("RGB", "NI", "TI")], 1)   # (32, 3)
+    assert present.dtype == torch.bool and present.shape == (32, 3)
+    assert present[:16].all() and present[16:].any(1).all() and not present[16:].all(1).any()
+    items = list(loader.sampler)[:32]
+    assert present.tolist() == [list(item[2].values()) for item in items]
+    for key in ("RGB", "NI", "TI", "index", "pid"):  # the copies: the same samples, augmented alike
+        assert torch.equal(batch[key][16:], batch[key][:16]), key
+    plain = next(iter(make_train_loader(tiny_config(tiny_root, str(tmp_path)), dataset)))
+    for key in ("RGB", "NI", "TI", "index"):  # the complete half is the batch of training without copies
+        assert torch.equal(batch[key][:16], plain[key]), key

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.synthetic import VERSION
 from model import read_checkpoint
 from processor import preflight
 from processor.cli import run_cli
@@ -360,7 +361,7 @@ def test_dataset_faults_are_named_before_training(trained_run, tiny_root, tmp_pa
         signal.alarm(0)
     train_cases = {
         (old_root,): f"{old_root}/Synthetic holds the Synthetic dataset of generator version 0, this code makes "
-                     f"version 1; move or delete that folder yourself (nothing in it was changed)",
+                     f"version {VERSION}; move or delete that folder yourself (nothing in it was changed)",
         (tiny_root, "MODEL.MODALITIES", "['RGB', 'NI', 'XX']", "MODEL.HEAT.ORDER", "['RGB', 'NI', 'XX']"):
             "Synthetic has the modalities RGB, NI, TI; MODEL.MODALITIES ['RGB', 'NI', 'XX'] names XX",
     }

@@ -43,13 +43,14 @@ def test_test_py_gives_the_released_models_features(tmp_path, monkeypatch):
     torch.save(state, weight)
 
     captured = {}
-    extract = evaluation.extract_features
+    extract = evaluation.extract_views
 
     def capture(*args, **kwargs):
-        captured.update(extract(*args, **kwargs))
-        return captured
+        features = extract(*args, **kwargs)
+        captured.update({view.setting: f for view, f in features.items()})
+        return features
 
-    monkeypatch.setattr(evaluation, "extract_features", capture)
+    monkeypatch.setattr(evaluation, "extract_views", capture)
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     opts = ["MODEL.NAME", "ViT-B-16", "INPUT.SIZE_TRAIN", "[256, 128]", "INPUT.SIZE_TEST", "[256, 128]",
             "MODEL.HEAT.DIFFUSION", "stencil", "MODEL.PRETRAIN_PATH", "openai", "MODEL.PRETRAIN_CACHE", cache,

@@ -45,12 +45,20 @@ def test_train_then_test_reproduces_the_result(tiny_root, trained_run, tmp_path)
         assert again[key] == pytest.approx(saved[key], abs=1e-6), key
 
     sweep = tester.test(tiny_config(tiny_root, str(tmp_path / "sweep"), "TEST.WEIGHT", weight, "TEST.MISS", "all"))
-    assert set(sweep["settings"]) == {"none", "r", "n", "t", "rn", "rt", "nt"}
-    assert sweep["settings"]["none"]["mAP"] == pytest.approx(saved["mAP"], abs=1e-6)
-    missing = [v["mAP"] for k, v in sweep["settings"].items() if k != "none"]
-    assert sweep["average_missing"]["mAP"] == pytest.approx(sum(missing) / 6)
-    single = tester.test(tiny_config(tiny_root, str(tmp_path / "r"), "TEST.WEIGHT", weight, "TEST.MISS", "rn"))
-    assert single["mAP"] == pytest.approx(sweep["settings"]["rn"]["mAP"], abs=1e-4)
+    assert set(sweep["protocols"]) == {"zero", "drop"}
+    for protocol, figures in sweep["protocols"].items():
+        assert set(figures["settings"]) == {"none", "r", "n", "t", "rn", "rt", "nt"}
+        assert figures["settings"]["none"]["mAP"] == pytest.approx(saved["mAP"], abs=1e-6)
+        missing = [v["mAP"] for k, v in figures["settings"].items() if k != "none"]
+        assert figures["average_missing"]["mAP"] == pytest.approx(sum(missing) / 6)
+        assert figures["retention"] == pytest.approx(100 * sum(missing) / 6 / saved["mAP"])
+        single = tester.test(tiny_config(tiny_root, str(tmp_path / protocol), "TEST.WEIGHT", weight,
+                                         "TEST.MISS", "rn", "TEST.MISS_PROTOCOL", protocol))
+        assert single["protocol"] == protocol
+        assert single["mAP"] == pytest.approx(figures["settings"]["rn"]["mAP"], abs=1e-4)
+    with open(os.path.join(tmp_path, "sweep", "test.log")) as f:
+        log = f.read()
+    assert "protocol zero: a missing modality's image is zeros" in log and "protocol drop:" in log
 
 
 def test_missing_modality_features_equal_zeroed_images(tiny_root, tmp_path):

@@ -45,7 +45,7 @@ def test_two_modalities_trained_and_evaluated_both_records_kept(small_root, tmp_
     with open(out / "test_results.json") as f:
         assert json.load(f) == trained                                          # the training run's record kept
     with open(out / "test_results.test_model_final_miss-all.json") as f:
-        swept = json.load(f)
+        swept = json.load(f)["protocols"]["zero"]
     assert set(swept["settings"]) == {"none", "r", "n"}                          # RGB missing, NI missing
     assert swept["settings"]["none"]["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
     assert swept["average_missing"]["mAP"] == pytest.approx(

@@ -1,0 +1,93 @@
+"""The two missing-modality protocols and any-to-any retrieval: ``zero`` feeds zero images, ``drop`` leaves the
+modality out of the model's computation; the any-to-any table is ``evaluate_rank`` of the views it names."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datasets import make_dataset, make_test_loader
+from model import checkpoint_record, make_model
+from processor import tester
+from processor.evaluation import View, extract_views
+from tests.conftest import kept_logging, tiny_config
+from utils.files import atomic_save
+from utils.metrics import evaluate_rank
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MODALITIES = ("RGB", "NI", "TI")
+
+
+def _model(cfg, dataset):
+    torch.manual_seed(0)
+    return make_model(cfg, dataset.num_train_pids).eval()
+
+
+def _masked(batch: dict, kept: tuple[str, ...]) -> dict:
+    """The batch with the presence mask of a modality subset kept by every sample."""
+    size = len(batch["pid"])
+    return {**batch, "present": {m: torch.full((size,), m in kept) for m in MODALITIES}}
+
+
+def test_zero_and_drop_differ_as_documented(tiny_root, tmp_path):
+    """zero = the model on zero images; drop = the model with the modality absent (its images unread, its
+    slots the mean of the present ones); nothing missing = one computation under both."""
+    cfg = tiny_config(tiny_root, str(tmp_path))
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = _model(cfg, dataset)
+    loader = make_test_loader(cfg, dataset, dataset.query)
+    views = [View(p, s) for p in ("zero", "drop") for s in ("none", "t", "rn")]
+    feats = extract_views(model, loader, torch.device("cpu"), views, progress=False)
+    batch = next(iter(loader))
+    assert len(batch["pid"]) == len(dataset.query)
+    dim = model.encoder("RGB").embed_dim
+    with torch.no_grad():
+        assert torch.equal(feats[View("zero", "none")], feats[View("drop", "none")])
+        for setting, kept in (("t", ("RGB", "NI")), ("rn", ("TI",))):
+            missing = [m for m in MODALITIES if m not in kept]
+            zeroed = {**batch, **{m: torch.zeros_like(batch[m]) for m in missing}}
+            torch.testing.assert_close(feats[View("zero", setting)], model(zeroed), atol=1e-5, rtol=1e-5)
+            scrambled = {**batch, **{m: torch.randn_like(batch[m]) for m in missing}}  # never read under drop
+            torch.testing.assert_close(feats[View("drop", setting)], model(_masked(scrambled, kept)),
+                                       atol=1e-5, rtol=1e-5)
+            drop = feats[View("drop", setting)].reshape(len(batch["pid"]), 3, 3, dim)  # (B, feature, modality, C)
+            slots = [MODALITIES.index(m) for m in kept]
+            for m in missing:  # every feature's slot of a missing modality: the mean of the present ones
+                torch.testing.assert_close(drop[:, :, MODALITIES.index(m)], drop[:, :, slots].mean(2))
+            assert (feats[View("zero", setting)] - feats[View("drop", setting)]).abs().max() > 1e-3
+
+
+def test_any_to_any_table_is_evaluate_rank_of_its_views(tiny_root, tmp_path):
+    """test.py with TEST.QUERY_MISS all and TEST.GALLERY_MISS all: the 7 x 7 table in test_results.json; two
+    cells recomputed by hand with evaluate_rank on features of the model's forward with presence masks."""
+    cfg = tiny_config(tiny_root, str(tmp_path))
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = _model(cfg, dataset)
+    weight = str(tmp_path / "model.pth")
+    atomic_save(checkpoint_record(model, dataset.num_train_pids, cfg.dump(), 0), weight)
+    out = str(tmp_path / "any")
+    with kept_logging():
+        record = tester.test(tiny_config(tiny_root, out, "TEST.WEIGHT", weight, "TEST.QUERY_MISS", "all",
+                                         "TEST.GALLERY_MISS", "all", "TEST.MISS_PROTOCOL", "drop"))
+    with open(os.path.join(out, "test_results.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(record))
+    table = record["any_to_any"]
+    names = ["RGB+NI+TI", "NI+TI", "RGB+TI", "RGB+NI", "TI", "NI", "RGB"]
+    assert table["protocol"] == "drop" and table["query"] == names and table["gallery"] == names
+    assert len(table["mAP"]) == 7 and all(len(row) == 7 for row in table["Rank-1"])
+    assert record["query_miss"] == record["gallery_miss"] == "none" and record["mAP"] == table["mAP"][0][0]
+
+    batch = next(iter(make_test_loader(cfg, dataset, dataset.query)))
+    meta = dataset.eval_metadata(dataset.query, dataset.gallery)
+    with torch.no_grad():
+        for query, gallery in ((("RGB",), ("NI",)), (("RGB", "NI", "TI"), ("TI",))):
+            qf = F.normalize(model(_masked(batch, query)), dim=1)
+            gf = F.normalize(model(_masked(batch, gallery)), dim=1)
+            expected = evaluate_rank((2 - 2 * qf @ gf.t()).numpy(), **meta)
+            i, j = names.index("+".join(query)), names.index("+".join(gallery))
+            assert table["mAP"][i][j] == pytest.approx(100 * expected.mAP, abs=1e-4)
+            assert table["Rank-1"][i][j] == pytest.approx(100 * expected.cmc[0], abs=1e-4)
+            assert table["mINP"][i][j] == pytest.approx(100 * expected.mINP, abs=1e-4)

@@ -1,0 +1,113 @@
+"""tools/robustness.py on the tiny Synthetic tree, with runs already in place (untrained models): it recognises
+finished runs and never touches a folder it did not make; its figures are those of test.py."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from model import checkpoint_record, make_model
+from processor import tester
+from tests.conftest import REPO, kept_logging, tiny_opts
+from tools import robustness
+from utils.errors import UserError
+from utils.files import atomic_save, atomic_write_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = os.path.join(REPO, "configs", "Synthetic", "MHCF_robust.yml")
+DEDICATED = ["only_NI+TI", "only_RGB+TI", "only_RGB+NI", "only_TI", "only_NI", "only_RGB"]
+
+
+def _finished_runs(root: str, runs: str) -> dict:
+    """Every run the tool asks for, as a finished run folder (config.yaml + model_final.pth, random weights)."""
+    configs = robustness.run_configs(CONFIG, tiny_opts(root), runs)
+    for seed, cfg in enumerate(configs.values()):
+        torch.manual_seed(seed)
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 2), os.path.join(cfg.OUTPUT_DIR,
+                                                                                         "model_final.pth"))
+    return configs
+
+
+def test_the_runs_it_asks_for():
+    configs = robustness.run_configs(CONFIG, [], "runs")
+    assert list(configs) == ["robust", "standard", *DEDICATED]
+    assert configs["robust"].INPUT.MODALITY_DROPOUT > 0 and configs["robust"].OUTPUT_DIR == "runs/robust"
+    for name in ["standard", *DEDICATED]:
+        assert configs[name].INPUT.MODALITY_DROPOUT == 0
+        assert os.path.join("runs", name) == configs[name].OUTPUT_DIR
+    assert configs["only_RGB+TI"].MODEL.MODALITIES == ["RGB", "TI"] == configs["only_RGB+TI"].MODEL.HEAT.ORDER
+    with pytest.raises(UserError, match="INPUT.MODALITY_DROPOUT is 0"):
+        robustness.run_configs(os.path.join(REPO, "configs", "Synthetic", "MHCF.yml"), [], "runs")
+
+
+def test_report_from_finished_runs(tiny_root, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    configs = _finished_runs(tiny_root, runs)
+    with kept_logging():
+        robustness.main(["--runs", runs, "--config_file", CONFIG, *tiny_opts(tiny_root)])
+    with open(os.path.join(runs, "robustness.json")) as f:
+        record = json.load(f)
+    assert {name: run["state"] for name, run in record["runs"].items()} == dict.fromkeys(configs, "done")
+    with open(os.path.join(runs, "robustness.md")) as f:
+        assert f.read().strip() in capsys.readouterr().out
+
+    # the figures are test.py's: the robust model without NI and TI under drop
+    robust_weight = os.path.join(runs, "robust", "model_final.pth")
+    cfg = configs["robust"].clone()
+    cfg.defrost()
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path / "t1"), "TEST.WEIGHT", robust_weight, "TEST.MISS", "nt",
+                         "TEST.MISS_PROTOCOL", "drop"])
+    with kept_logging():
+        rgb = tester.test(cfg)
+    row = next(r for r in record["dedicated"] if r["kept"] == "RGB")
+    assert row["robust_drop"] == pytest.approx(rgb["mAP"], abs=1e-6)
+    assert row["ratio"] == pytest.approx(100 * row["robust_drop"] / row["dedicated"])
+    assert [r["kept"] for r in record["dedicated"]] == [name[len("only_"):] for name in DEDICATED]
+
+    table = record["any_to_any"]["robust"]
+    assert table["query"] == table["gallery"] == ["RGB+NI+TI", "NI+TI", "RGB+TI", "RGB+NI", "TI", "NI", "RGB"]
+    assert table["mAP"][6][5] == pytest.approx(record["any_to_any"]["cross_modal_cells"]["robust"]["RGB->NI"])
+    assert table["mAP"][0][0] == pytest.approx(record["full"]["robust"]["mAP"])
+    baseline = record["any_to_any"]["random_baseline"]
+    assert baseline["draws"] == 20 and 0 < baseline["mAP"] < 100 and baseline["mAP_std"] > 0
+    ceiling = record["any_to_any"]["shared_cue_ceiling"]
+    assert ceiling["mAP"] > baseline["mAP"]  # knowing the build beats chance
+    assert record["any_to_any"]["target"]["threshold"] == pytest.approx(baseline["mAP"] + robustness.MARGIN)
+
+
+def test_folders_it_did_not_make_stop_it_before_any_training(tiny_root, tmp_path):
+    runs = tmp_path / "runs"
+    configs = robustness.run_configs(CONFIG, tiny_opts(tiny_root), str(runs))
+    (runs / "standard").mkdir(parents=True)
+    (runs / "standard" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="standard is not empty and holds no training run"):
+        robustness.ensure_trained(configs)
+    assert sorted(os.listdir(runs)) == ["standard"]  # nothing trained, nothing written
+
+    (runs / "standard" / "notes.txt").unlink()
+    other = configs["standard"].clone()
+    other.defrost()
+    other.SOLVER.MAX_EPOCHS = 7
+    (runs / "standard" / "config.yaml").write_text(other.dump())
+    with pytest.raises(UserError, match="holds a run of another config .*SOLVER.MAX_EPOCHS"):
+        robustness.ensure_trained(configs)
+
+    (runs / "standard" / "config.yaml").write_text(configs["standard"].dump())
+    assert robustness.run_state(configs["standard"]) == "train"      # its config, nothing saved yet
+    (runs / "standard" / "last.pth").write_bytes(b"")
+    assert robustness.run_state(configs["standard"]) == "resume"
+    # a run is recognised by what decides its model: how it ran (workers) may differ, a key its config.yaml
+    # lacks (added since) counts as its default
+    other = configs["standard"].clone()
+    other.defrost()
+    other.DATALOADER.NUM_WORKERS = 5
+    del other.INPUT["SYNC_AUG"]                                   # False, the default
+    (runs / "standard" / "config.yaml").write_text(other.dump())
+    assert robustness.run_state(configs["standard"]) == "resume"
+    del other.SOLVER["BASE_LR"]                                   # 0.001 in the config, not the default
+    (runs / "standard" / "config.yaml").write_text(other.dump())
+    with pytest.raises(UserError, match="differs in SOLVER.BASE_LR"):
+        robustness.run_state(configs["standard"])
