@@ -9,13 +9,18 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
 
     ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
     Averaged over anchors.
+
+    Computed in float32 with autocast off, whatever the caller's autocast: the distances are small
+    differences of large squared norms (post-LayerNorm features share a large common component), which
+    half precision rounds away, and mining then picks the wrong positives and negatives.
     """
-    x = features.float()
-    sq = x.pow(2).sum(1)
-    dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
-    same = pids[:, None] == pids[None, :]
-    d_ap = dist.masked_fill(~same, float("-inf")).amax(1)
-    d_an = dist.masked_fill(same, float("inf")).amin(1)
-    if margin is None:
-        return F.softplus(d_ap - d_an).mean()
-    return F.relu(d_ap - d_an + margin).mean()
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        x = features.float()
+        sq = x.pow(2).sum(1)
+        dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
+        same = pids[:, None] == pids[None, :]
+        d_ap = dist.masked_fill(~same, float("-inf")).amax(1)
+        d_an = dist.masked_fill(same, float("inf")).amin(1)
+        if margin is None:
+            return F.softplus(d_ap - d_an).mean()
+        return F.relu(d_ap - d_an + margin).mean()
