@@ -44,7 +44,8 @@ _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
 _C.MODEL.LABEL_SMOOTHING = 0.1
 # Stochastic depth rate of the backbone blocks (0 disables it).
 _C.MODEL.DROP_PATH = 0.0
-# Recompute backbone activations in the backward pass (saves memory for large batches, costs ~30% time).
+# Recompute the activations of the backbone blocks and of every heat conduction operator in the backward pass
+# instead of keeping them (saves most of the activation memory for large batches, costs ~30% time).
 _C.MODEL.GRAD_CKPT = False
 # Convert BatchNorm layers to SyncBatchNorm under distributed training.
 _C.MODEL.SYNC_BN = False
@@ -64,7 +65,8 @@ _C.MODEL.HEAT.DIFFUSION = "dct"
 # Order of the modality cycle: edges ORDER[0]->ORDER[1]->...->ORDER[-1]->ORDER[0] (a permutation of
 # MODEL.MODALITIES).
 _C.MODEL.HEAT.ORDER = ["RGB", "NI", "TI"]
-# Number of heat cycles (the paper uses 3).
+# Number of heat cycles (the paper uses 3). 0 is the "no heat" ablation, the concatenation baseline: no
+# operator is built, heat_cls is then the backbone class tokens (as ori) and heat_pat their patch-token means.
 _C.MODEL.HEAT.NUM_CYCLES = 3
 # True: one operator's weights serve every edge and cycle (the authors' code). False: one operator per edge
 # and cycle (NUM_CYCLES x the number of modalities operators).
