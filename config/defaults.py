@@ -47,8 +47,14 @@ _C.MODEL.DROP_PATH = 0.0
 # Recompute the activations of the backbone blocks and of every heat conduction operator in the backward pass
 # instead of keeping them (saves most of the activation memory for large batches, costs ~30% time).
 _C.MODEL.GRAD_CKPT = False
-# Convert BatchNorm layers to SyncBatchNorm under distributed training.
+# Under torchrun on GPUs: convert the BNNeck batch norms to SyncBatchNorm, whose statistics are those of the
+# global batch (then every loss term is the one of a single process on that batch); False: each process
+# normalises with the statistics of its own share. Triplet mining always spans the global batch.
 _C.MODEL.SYNC_BN = False
+# On CUDA GPUs (Ampere and later): run the training step's float32 matrix products and convolutions in TF32
+# (10-bit mantissa, several times faster; with SOLVER.AMP off, and the few float32 products left under
+# autocast). False keeps full float32. Evaluation always computes in full float32.
+_C.MODEL.TF32 = False
 # Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 # On CPU in float32: run the linear layers, the CLIP MLPs and the ViT's attention through oneDNN

@@ -3,7 +3,7 @@
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
-from .loader import TransformedSamples, make_test_loader, make_train_loader
+from .loader import TransformedSamples, make_test_loader, make_train_loader, train_transform
 from .market_mm import MarketMM
 from .msvr310 import MSVR310
 from .rgbnt100 import RGBNT100
@@ -15,7 +15,7 @@ DATASETS: dict[str, type[MultiModalDataset]] = {
 }
 
 __all__ = ["DATASETS", "MultiModalDataset", "Sample", "TransformedSamples", "make_dataset", "make_test_loader",
-           "make_train_loader"]
+           "make_train_loader", "train_transform"]
 
 
 def make_dataset(name: str, root: str) -> MultiModalDataset:

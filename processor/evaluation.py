@@ -16,9 +16,10 @@ from utils.metrics import RankResult, evaluate_features, evaluate_rank
 from utils.modalities import NONE, missing_modalities
 from utils.reranking import re_ranking
 
-from .device import batch_to
+from .device import BatchToDevice, tf32
+from .distributed import DistInfo, gather_rows
 
-__all__ = ["evaluate", "evaluation_samples", "extract_features"]
+__all__ = ["evaluate", "evaluation_features", "evaluation_samples", "extract_features", "score_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,12 @@ def evaluation_samples(dataset: MultiModalDataset) -> list[Sample]:
 
 
 @torch.no_grad()
-def extract_features(model: MHCF, loader, device: torch.device, settings: Sequence[str],
+def extract_features(model: MHCF, loader, to_device: BatchToDevice, settings: Sequence[str],
                      progress: bool = True) -> dict[str, torch.Tensor]:
     """Test features (N, D) on CPU for every TEST.MISS setting, encoding each image once.
 
-    Always float32, whatever SOLVER.AMP says for training: the authors evaluate in float32, and their
-    released operator's unscaled attention scores lose precision in half precision.
+    Always float32, whatever SOLVER.AMP and MODEL.TF32 say for training: the authors evaluate in float32,
+    and their released operator's unscaled attention scores lose precision in half precision.
 
     A missing modality's normalised image is all zeros, so its backbone tokens are those of a zero image,
     computed once and shared by every sample; only the heat fusion runs per setting.
@@ -43,28 +44,50 @@ def extract_features(model: MHCF, loader, device: torch.device, settings: Sequen
     modalities = model.modalities
     out: dict[str, list[torch.Tensor]] = {s: [] for s in settings}
     zero_tokens = None
-    for batch in tqdm(loader, desc="features", disable=not (progress and sys.stderr.isatty()), leave=False):
-        batch = batch_to(batch, modalities, device)
-        tokens = model.encode(batch)
-        if zero_tokens is None and list(settings) != [NONE]:
-            zero_tokens = model.encode({m: torch.zeros_like(batch[m][:1]) for m in modalities})
-        for setting in settings:
-            missing = missing_modalities(setting, modalities)
-            used = {m: zero_tokens[m].expand_as(t) if m in missing else t for m, t in tokens.items()}
-            features, _ = model.fuse(used)
-            out[setting].append(model.test_feature(features).float().cpu())
+    batches = tqdm(loader, desc="features", disable=not (progress and sys.stderr.isatty()), leave=False)
+    with tf32(False):
+        for batch in batches:
+            batch = to_device(batch)
+            tokens = model.encode(batch)
+            if zero_tokens is None and list(settings) != [NONE]:
+                zero_tokens = model.encode({m: torch.zeros_like(batch[m][:1]) for m in modalities})
+            for setting in settings:
+                missing = missing_modalities(setting, modalities)
+                used = {m: zero_tokens[m].expand_as(t) if m in missing else t for m, t in tokens.items()}
+                features, _ = model.fuse(used)
+                out[setting].append(model.test_feature(features).float().cpu())
     return {s: torch.cat(f) for s, f in out.items()}
+
+
+def evaluation_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
+                  settings: Sequence[str] = (NONE,), progress: bool = True,
+                  info: DistInfo | None = None) -> dict[str, torch.Tensor]:
+    """:func:`extract_features` of every evaluation sample; under torchrun (``info``) each process encodes
+    a contiguous share and every process receives them all, in order."""
+    samples = evaluation_samples(dataset)
+    info = info or DistInfo(device=device)
+    lo, hi = (len(samples) * info.rank // info.world_size, len(samples) * (info.rank + 1) // info.world_size)
+    loader = make_test_loader(cfg, dataset, samples[lo:hi], pin_memory=device.type == "cuda")
+    start = time.time()
+    feats = extract_features(model, loader, BatchToDevice(cfg, device), list(settings), progress=progress)
+    feats = {s: gather_rows(f, info) for s, f in feats.items()}
+    logger.info("extracted %d x %d test features in %.1f s (%d process(es))", len(samples), len(settings),
+                time.time() - start, info.world_size)
+    return feats
 
 
 def evaluate(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
              settings: Sequence[str] = (NONE,), progress: bool = True) -> dict[str, RankResult]:
     """Evaluate ``model`` on the dataset's query/gallery under its protocol, for each TEST.MISS setting."""
+    feats = evaluation_features(cfg, model, dataset, device, settings, progress)
+    return score_features(cfg, dataset, feats, device)
+
+
+def score_features(cfg: CfgNode, dataset: MultiModalDataset, feats: dict[str, torch.Tensor],
+                   device: torch.device) -> dict[str, RankResult]:
+    """The dataset's protocol on test features (:func:`evaluation_features`), per TEST.MISS setting;
+    distances in full float32 (no TF32) on ``device``."""
     same = dataset.gallery is dataset.query  # RGBNT201: query = gallery, encode once
-    samples = evaluation_samples(dataset)
-    loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    start = time.time()
-    feats = extract_features(model, loader, device, list(settings), progress=progress)
-    logger.info("extracted %d x %d test features in %.1f s", len(samples), len(settings), time.time() - start)
     meta = dataset.eval_metadata(dataset.query, dataset.gallery)
     num_query = len(dataset.query)
     results = {}
@@ -77,5 +100,7 @@ def evaluate(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torc
                                  cfg.TEST.RE_RANKING_LAMBDA)
             results[setting] = evaluate_rank(distmat, **meta)
         else:
-            results[setting] = evaluate_features(qf, gf, **meta, chunk_size=cfg.TEST.EVAL_CHUNK, device=device)
+            with tf32(False):
+                results[setting] = evaluate_features(qf, gf, **meta, chunk_size=cfg.TEST.EVAL_CHUNK,
+                                                     device=device)
     return results

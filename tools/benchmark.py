@@ -40,8 +40,7 @@ from yacs.config import CfgNode
 
 from accel import onednn_available, tune_glibc_malloc
 from config import load_config
-from datasets import TransformedSamples, make_dataset
-from datasets.transforms import MultiModalTransform, build_image_transform
+from datasets import TransformedSamples, make_dataset, train_transform
 from loss import make_loss
 from model import make_model
 from model.backbone import ARCHS
@@ -250,9 +249,7 @@ def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     process; the cached variant decodes once, then only augments."""
     dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
     records = dataset.train[:samples]
-    transform = MultiModalTransform(build_image_transform(
-        True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.FLIP_PROB,
-        padding=cfg.INPUT.PADDING, erase_prob=cfg.INPUT.RE_PROB), sync=cfg.INPUT.SYNC_AUG)
+    transform = train_transform(cfg)
 
     def rate(data: TransformedSamples) -> float:
         start = time.perf_counter()

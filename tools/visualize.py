@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from datasets import MultiModalDataset, Sample, make_test_loader
 from model import MHCF
-from processor.device import batch_to
+from processor.device import BatchToDevice
 from processor.evaluation import evaluation_samples, extract_features
 from utils.bias_measures import mean_spatial_gates, patch_change, ranked_lists
 from utils.errors import UserError
@@ -180,7 +180,7 @@ def ranks(args: argparse.Namespace) -> str:
         raise UserError(f"visualize ranks: TEST.MISS must be one setting ({choices}), not 'all'")
     samples = evaluation_samples(dataset)
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting])[setting]
+    features = extract_features(model, loader, BatchToDevice(cfg, device), [setting])[setting]
     if cfg.TEST.FEAT_NORM:
         features = F.normalize(features, dim=1)
     picks = pick_indices(len(dataset.query), args.num, args.indices)
@@ -252,8 +252,9 @@ def heatmaps(args: argparse.Namespace) -> str:
     picked = [samples[i] for i in pick_indices(len(samples), args.num, args.indices)]
     loader = make_test_loader(cfg, dataset, picked, pin_memory=device.type == "cuda")
     maps: dict[str, dict[str, list[torch.Tensor]]] = {"change": {}, "gate": {}}
+    to_device = BatchToDevice(cfg, device)
     for batch in loader:
-        for kind, per_modality in heat_maps(model, batch_to(batch, model.modalities, device)).items():
+        for kind, per_modality in heat_maps(model, to_device(batch)).items():
             for m, value in per_modality.items():
                 maps[kind].setdefault(m, []).append(value)
     merged = {kind: {m: torch.cat(v) for m, v in d.items()} for kind, d in maps.items()}
@@ -293,7 +294,7 @@ def embedding(args: argparse.Namespace) -> str:
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, settings)
+    features = extract_features(model, loader, BatchToDevice(cfg, device), settings)
     if cfg.TEST.FEAT_NORM:
         features = {s: F.normalize(f, dim=1) for s, f in features.items()}
     thumb = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)
