@@ -3,7 +3,7 @@
 from utils.errors import UserError
 
 from .bases import MultiModalDataset, Sample
-from .loader import TransformedSamples, make_test_loader, make_train_loader, train_transform
+from .loader import TransformedSamples, check_batch_split, make_test_loader, make_train_loader, train_transform
 from .market_mm import MarketMM
 from .msvr310 import MSVR310
 from .rgbnt100 import RGBNT100
@@ -14,8 +14,8 @@ DATASETS: dict[str, type[MultiModalDataset]] = {
     cls.name: cls for cls in (RGBNT201, MarketMM, RGBNT100, MSVR310, Synthetic)
 }
 
-__all__ = ["DATASETS", "MultiModalDataset", "Sample", "TransformedSamples", "make_dataset", "make_test_loader",
-           "make_train_loader", "train_transform"]
+__all__ = ["DATASETS", "MultiModalDataset", "Sample", "TransformedSamples", "check_batch_split", "make_dataset",
+           "make_test_loader", "make_train_loader", "train_transform"]
 
 
 def make_dataset(name: str, root: str) -> MultiModalDataset:

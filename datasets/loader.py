@@ -89,9 +89,9 @@ def train_transform(cfg: CfgNode) -> MultiModalTransform:
     return MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG, erase_prob=cfg.INPUT.RE_PROB)
 
 
-def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,
-                      pin_memory: bool = False) -> DataLoader:
-    """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
+def check_batch_split(cfg: CfgNode, world_size: int) -> None:
+    """UserError unless the P identities of a batch split evenly over ``world_size`` processes, at least 2
+    each (a process's batch norms and ID losses see its identities only)."""
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     identities = batch_size // instances
     if identities % world_size or identities < 2 * world_size:
@@ -99,6 +99,14 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
                         f"identities per batch cannot give each of {world_size} processes the same number, at least "
                         f"2; use a multiple of {2 * world_size} identities (e.g. SOLVER.IMS_PER_BATCH "
                         f"{2 * world_size * instances})")
+
+
+def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> DataLoader:
+    """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
+    check_batch_split(cfg, world_size)
+    batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
+    identities = batch_size // instances
     if identities > dataset.num_train_pids:
         raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch, "
                         f"but {dataset.name} has only {dataset.num_train_pids} training identities")

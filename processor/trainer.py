@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from datasets import make_dataset, make_train_loader
+from datasets import check_batch_split, make_dataset, make_train_loader
 from loss import make_loss
 from model import MHCF, checkpoint_record, make_model, read_checkpoint
 from solver import make_optimizer, make_scheduler
@@ -82,6 +82,7 @@ class Trainer:
             for name in remove_stale_temporaries(self.out):
                 logger.info("removed %s, left by a run killed while saving", name)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
+        check_batch_split(cfg, info.world_size)
         seed_everything(cfg.SOLVER.SEED)
         with main_process_first(info):  # the first process generates / downloads what the others then read
             self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)

@@ -98,15 +98,18 @@ def _config_file(tmp_path, cfg) -> str:
 
 
 def test_non_finite_loss_stops_with_one_line(tiny_root, tmp_path, capsys, restore_logging):
-    # epoch 1 trains at 1e30 * 1e-33 = 1e-3; epoch 2 at ~1e30, so its second step sees exploded weights
+    """Epoch 1 trains at 1e30 * 1e-33 = 1e-3; epoch 2 at ~1e30, so its second step (of 4) sees exploded
+    weights. The loss reaches the host only every SOLVER.LOG_PERIOD steps (here: once, at the end of the
+    epoch), yet the message names the step where it went wrong, before last.pth could be overwritten."""
     out = str(tmp_path / "run")
-    cfg = tiny_config(tiny_root, out, *FAST, "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_FACTOR", "1e-33")
+    cfg = tiny_config(tiny_root, out, *FAST, "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_FACTOR", "1e-33",
+                      "SOLVER.LOG_PERIOD", "100")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train, "train", ["--config_file", _config_file(tmp_path, cfg)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "non-finite loss" in err and "at epoch 2, iteration " in err and "last.pth" in err
+    assert "non-finite loss" in err and "at epoch 2, iteration 2/4;" in err and "last.pth" in err
     last = read_checkpoint(os.path.join(out, "last.pth"))
     assert last.epoch == 1 and all(torch.isfinite(v).all() for v in last.state.values() if v.is_floating_point())
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
