@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from config import load_config
 from processor import tester
 from tests.conftest import REPO, kept_logging, tiny_config
 
@@ -51,8 +52,8 @@ def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     assert record["epoch"] == 2
     # the shards gathered in order: one process evaluating the final weights finds the same figures
     with kept_logging():
-        alone = tester.test(tiny_config(tiny_root, str(tmp_path / "alone"), "INPUT.SIZE_TEST", "[32, 16]",
-                                 "TEST.WEIGHT", str(out / "model_final.pth")))
+        alone = tester.test(load_config(str(config_file), ["OUTPUT_DIR", str(tmp_path / "alone"),
+                                                          "TEST.WEIGHT", str(out / "model_final.pth")]))
     for key in ("mAP", "mINP", "Rank-1", "Rank-5"):
         assert alone[key] == pytest.approx(record[key], abs=1e-6), key
     assert {"last.pth", "model_final.pth", "train.log", "config.yaml"} <= set(os.listdir(out))
