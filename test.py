@@ -3,13 +3,15 @@
 ``TEST.MISS all`` sweeps the missing-modality settings; results go to ``OUTPUT_DIR/test_results.json``.
 """
 
+from processor import preflight
 from processor.cli import run_cli
 
 
 def main(cfg):
-    from processor.tester import test  # after the config is read: a config mistake costs no torch import
+    with preflight.evaluation(cfg):  # TEST.WEIGHT and OUTPUT_DIR checked (and locked) before torch is imported
+        from processor.tester import test  # after the checks: a config mistake costs no torch import
 
-    return test(cfg)
+        return test(cfg)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Distributed: ``torchrun --nproc_per_node N train.py --config_file ...``.
 """
 
+from processor import preflight
 from processor.cli import run_cli
 
 
 def main(cfg):
-    from processor.trainer import train  # after the config is read: a config mistake costs no torch import
+    with preflight.training(cfg):  # OUTPUT_DIR checked and locked before torch is imported
+        from processor.trainer import train  # after the checks: a config mistake costs no torch import
 
-    return train(cfg)
+        return train(cfg)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,22 @@ _C.MODEL = CN()
 # Device for training and inference: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
 # Under torchrun each process uses the CUDA device of its LOCAL_RANK.
 _C.MODEL.DEVICE = "auto"
-# Backbone architecture (see model/backbone.py ARCHS): "ViT-B-16" is CLIP's ViT-B/16 (the paper);
-# "ViT-Mini-8" is a small CLIP-style ViT (patch 8, 128-d, 4 blocks, 4 heads) for the Synthetic demo and tests.
+# Backbone architecture (see model/backbone.py ARCHS): "ViT-B-16" is CLIP's ViT-B/16 (the paper); OpenAI's other
+# CLIP image towers are "ViT-B-32", "ViT-L-14" and "ViT-L-14-336px" (ViT-L/14 pretrained at 336 pixels; the
+# position grid is resized to INPUT.SIZE_TRAIN / patch in every case); "ViT-Mini-8" is a small CLIP-style ViT
+# (patch 8, 128-d, 4 blocks, 4 heads) for the Synthetic demo and tests.
 _C.MODEL.NAME = "ViT-B-16"
-# Backbone weights: "openai" downloads OpenAI's ViT-B-16.pt once (SHA256-verified) into
-# MODEL.PRETRAIN_CACHE; a path reads a local OpenAI checkpoint (TorchScript archive or state dict with
-# "visual.*" keys); "" means random initialisation. Ignored when TEST.WEIGHT holds a whole model.
+# Backbone weights: "openai" downloads OpenAI's checkpoint of MODEL.NAME (e.g. ViT-B-16.pt) once
+# (SHA256-verified) into MODEL.PRETRAIN_CACHE; a path reads a local OpenAI checkpoint (TorchScript archive or
+# state dict with "visual.*" keys); "" means random initialisation. Not read when a whole model is loaded
+# (MODEL.INIT_WEIGHTS in train.py, TEST.WEIGHT in test.py).
 _C.MODEL.PRETRAIN_PATH = "openai"
+# Fine-tuning: a whole MHCF checkpoint (ours, e.g. a model_final.pth, or the authors' released format) that
+# train.py starts from instead of MODEL.PRETRAIN_PATH. Every weight is loaded; when the checkpoint was trained
+# on another number of identities, the classifiers are re-initialised (the log lists what was loaded and what
+# was not). "" trains from MODEL.PRETRAIN_PATH. The CLIP-ReID family's PRETRAIN_CHOICE 'self' / 'finetune'
+# with PRETRAIN_PATH, fast-reid's MODEL.WEIGHTS.
+_C.MODEL.INIT_WEIGHTS = ""
 # Directory for downloaded weights; "" means $XDG_CACHE_HOME/mhcf (default ~/.cache/mhcf).
 _C.MODEL.PRETRAIN_CACHE = ""
 # Modalities, in the order of the dataset's sub-folders and of every concatenated feature.

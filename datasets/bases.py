@@ -7,10 +7,15 @@ sub-folder of each modality, a file-name parser and its evaluation protocol (doc
 import logging
 import os
 import re
+import stat
+import struct
+import warnings
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
@@ -30,15 +35,106 @@ class Sample:
     paths: Mapping[str, str]
 
 
+#: Largest image read, in pixels: PIL's bound for decompression bombs (a ReID crop is a tiny fraction of it).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+#: Modes PIL converts to RGB faithfully (8 bits per channel, palettes, alpha dropped, CMYK, YCbCr, HSV).
+_EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
+_SPECIAL_FILES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                  stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
 def read_image(path: str) -> Image.Image:
-    """Open ``path`` as 3-channel RGB (NI and TI included), naming the file if it cannot be decoded."""
+    """Open ``path`` as 3-channel 8-bit RGB (NI and TI included), naming the file if it cannot be read.
+
+    Every pixel mode PIL decodes is read into its real range or refused by name: 8-bit modes as PIL converts
+    them; 16-bit grey (``I;16``, radiometric thermal cameras) and 32-bit integer grey scaled by their bit
+    depth (a PNG's significant bits, a TIFF's bits per sample, else the mode's), not clipped to white; float
+    grey (``F``) only when it lies in [0, 1]. A special file (FIFO, device) is refused before it is opened,
+    so it cannot hang the run, and so is an image of more than :data:`MAX_PIXELS` pixels (a decompression
+    bomb)."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc.strerror}") from None
+    if kind != stat.S_IFREG:
+        raise UserError(f"cannot read image {path}: it is {_SPECIAL_FILES.get(kind, 'not a regular file')}, "
+                        f"not an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError()
+                return _as_rgb(img, path)
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image file (corrupt or wrong format)") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"cannot read image {path}: more than {MAX_PIXELS} pixels (a decompression bomb?); "
+                        f"not decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def _as_rgb(img: Image.Image, path: str) -> Image.Image:
+    mode = img.mode
+    if mode in ("P", "PA") and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")
+    if mode in _EIGHT_BIT_MODES:
+        return img.convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(img).astype(np.float64)  # (H, W)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F":
+            if not (low >= 0 and high <= 1):
+                raise UserError(f"cannot read image {path}: 32-bit float pixels in [{low:g}, {high:g}], not in "
+                                f"[0, 1]; save it as 8-bit or 16-bit")
+            top = 1.0
+        else:
+            bits = _bit_depth(img, path)
+            top = 2.0 ** bits - 1
+            if low < 0 or high > top:
+                raise UserError(f"cannot read image {path}: pixel values in [{low:g}, {high:g}] do not fit its "
+                                f"{bits}-bit depth")
+        grey = np.rint(values * (255 / top)).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    raise UserError(f"cannot read image {path}: pixel mode {mode} is not supported; save it as 8-bit or 16-bit "
+                    f"RGB or grey")
+
+
+def _bit_depth(img: Image.Image, path: str) -> int:
+    """Significant bits of an integer grey image: a PNG's sBIT chunk, a TIFF's BitsPerSample, else 16 for
+    ``I;16`` modes; a 32-bit ``I`` image without a declared depth is refused."""
+    if img.format == "PNG":
+        bits = _png_significant_bits(path)
+        if bits:
+            return bits
+    if img.format == "TIFF":
+        declared = img.tag_v2.get(258)
+        declared = declared[0] if isinstance(declared, tuple) else declared
+        if isinstance(declared, int) and 0 < declared <= 32:
+            return min(declared, 31) if img.mode == "I" else min(declared, 16)
+    if img.mode.startswith("I;16"):
+        return 16
+    raise UserError(f"cannot read image {path}: 32-bit integer pixels without a declared bit depth; save it as "
+                    f"8-bit or 16-bit")
+
+
+def _png_significant_bits(path: str) -> int | None:
+    """The grey channel's significant bits from a PNG's sBIT chunk (before the image data), or None."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the PNG signature
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            data = f.read(length)
+            f.seek(4, os.SEEK_CUR)  # CRC
+            if kind == b"sBIT" and data:
+                return data[0]
 
 
 class MultiModalDataset:
@@ -65,13 +161,20 @@ class MultiModalDataset:
     #: the expected tree (``<ROOT_DIR>`` stands for the root), shown when a folder is missing
     tree: ClassVar[str]
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, modalities: Sequence[str] | None = None):
+        """Read the dataset under ``root``; ``modalities`` (default: all of :attr:`modality_dirs`, in their order)
+        are the ones read, in that order: the folders of the others need not exist."""
         self.root = os.path.expanduser(root)
+        self.modalities = tuple(modalities or self.modality_dirs)
+        unknown = [m for m in self.modalities if m not in self.modality_dirs]
+        if unknown:
+            raise UserError(f"{self.name} has the modalities {', '.join(self.modality_dirs)}; MODEL.MODALITIES "
+                            f"{list(self.modalities)} names {', '.join(unknown)}")
         self.dataset_dir = self._find_dataset_dir(self.root)
-        self.modalities = tuple(self.modality_dirs)
         self.train = self._relabel(self._load_split("train"))
         self.query = self._load_split("query")
         self.gallery = self.query if self.splits["gallery"] == self.splits["query"] else self._load_split("gallery")
+        self._check_queries_have_positives()
         logger.info("%s", self.format_statistics())
 
     # --- what subclasses may override ---------------------------------------------------------------
@@ -90,19 +193,21 @@ class MultiModalDataset:
         return pid, int(groups["cam"]) - self.cam_offset, scene
 
     def list_split(self, split_dir: str) -> list[tuple[str, dict[str, str]]]:
-        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout.
+        """``(file name, {modality: path})`` for every sample of a ``<split>/<modality>/<file>`` layout, for the
+        modalities read (:attr:`modalities`).
 
         A file name present in one modality folder but not in another is a UserError naming it.
         """
-        names = {m: set(_image_files(os.path.join(split_dir, sub), self)) for m, sub in self.modality_dirs.items()}
+        dirs = {m: self.modality_dirs[m] for m in self.modalities}
+        names = {m: set(_image_files(os.path.join(split_dir, sub), self)) for m, sub in dirs.items()}
         every = sorted(set().union(*names.values()))
-        for modality, sub in self.modality_dirs.items():
+        for modality, sub in dirs.items():
             missing = [n for n in every if n not in names[modality]]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise UserError(f"{self.name}: sample {missing[0]} has no {modality} image: "
                                 f"{os.path.join(split_dir, sub, missing[0])} is missing{more}")
-        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in self.modality_dirs.items()}) for n in every]
+        return [(n, {m: os.path.join(split_dir, sub, n) for m, sub in dirs.items()}) for n in every]
 
     def read(self, sample: Sample) -> dict[str, Image.Image]:
         """The decoded images of ``sample``, one per modality."""
@@ -119,6 +224,18 @@ class MultiModalDataset:
             meta["q_sceneids"] = [s.sceneid for s in query]
             meta["g_sceneids"] = [s.sceneid for s in gallery]
         return meta
+
+    def _check_queries_have_positives(self) -> None:
+        """A UserError, before anything is trained, when no query has a positive in the gallery under the
+        protocol (the metrics skip such queries, so nothing would be left to evaluate)."""
+        rule = "sceneid" if self.protocol == "scene" else "camid"
+        kept = defaultdict(set)
+        for sample in self.gallery:
+            kept[sample.pid].add(getattr(sample, rule))
+        if not any(kept[q.pid] - {getattr(q, rule)} for q in self.query):
+            raise UserError(f"{self.name}: no query has a positive in the gallery under the {self.protocol} "
+                            f"protocol (a gallery image of its identity from another {rule[:-2]}), so nothing can "
+                            f"be evaluated; check {os.path.join(self.dataset_dir, self.splits['query'])}")
 
     # --- statistics -----------------------------------------------------------------------------------
     @property

@@ -33,9 +33,9 @@ class RGBNT100(MultiModalDataset):
         path = sample.paths[self.modalities[0]]
         strip = read_image(path)
         width, height = strip.size
-        panels = len(self.modalities)
-        if width % panels:
+        order = list(self.modality_dirs)  # the panels, left to right, whichever modalities are read
+        if width % len(order):
             raise UserError(f"{self.name}: image {path} is {width}x{height}; its width is not "
-                            f"{panels} equal panels")
-        w = width // panels
-        return {m: strip.crop((i * w, 0, (i + 1) * w, height)) for i, m in enumerate(self.modalities)}
+                            f"{len(order)} equal panels")
+        w = width // len(order)
+        return {m: strip.crop((order.index(m) * w, 0, (order.index(m) + 1) * w, height)) for m in self.modalities}

@@ -17,9 +17,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
+from utils.errors import UserError
 
 from .rgbnt201 import RGBNT201
 
@@ -32,7 +35,7 @@ CAMERAS = 4
 NIGHT_CAMERAS = (3, 4)
 SHOTS_PER_CAMERA = 4
 SEED = 20261123
-VERSION = "1"  # bump when the generator changes, so stale folders are regenerated
+VERSION = "1"  # bump when the generator changes: a folder of another version is then refused, never deleted
 
 # Torso hues for RGB (RGB in [0, 1]); distinct under the camera colour casts applied below.
 _HUES = np.array([[0.85, 0.15, 0.15], [0.15, 0.7, 0.2], [0.15, 0.3, 0.9],
@@ -163,19 +166,24 @@ class Synthetic(RGBNT201):
     dirnames = ("Synthetic",)
     tree = RGBNT201.tree.replace("RGBNT201", "Synthetic")
 
-    def __init__(self, root: str):
-        dataset_dir = os.path.join(root, self.dirnames[0])
-        if _generated_version(dataset_dir) not in (VERSION, None):  # made by an older generator
-            shutil.rmtree(dataset_dir)
+    def __init__(self, root: str, modalities: Sequence[str] | None = None):
+        dataset_dir = os.path.join(os.path.expanduser(root), self.dirnames[0])
+        version = _generated_version(dataset_dir)
+        if version not in (VERSION, None):  # made by another generator: the user decides what happens to it
+            raise UserError(f"{dataset_dir} holds the Synthetic dataset of generator version {version}, this code "
+                            f"makes version {VERSION}; move or delete that folder yourself (nothing in it was "
+                            f"changed) and it is generated again, or set DATASETS.ROOT_DIR to another folder")
+        if os.path.exists(dataset_dir) and not os.path.isdir(dataset_dir):
+            raise UserError(f"{dataset_dir} is a file; the Synthetic dataset is generated into a folder of that name")
         if not os.path.isdir(dataset_dir):
             generate(dataset_dir)
-        super().__init__(root)
+        super().__init__(root, modalities)
 
 
 def _generated_version(dataset_dir: str) -> str | None:
     """The generator version recorded in ``dataset_dir``; None when absent (no folder, or a user's own)."""
     try:
-        with open(os.path.join(dataset_dir, "VERSION")) as f:
-            return f.read().strip()
-    except FileNotFoundError:
+        with open(os.path.join(dataset_dir, "VERSION"), errors="replace") as f:
+            return f.read(64).strip()
+    except OSError:  # no folder, no VERSION file: not ours
         return None

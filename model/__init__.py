@@ -5,10 +5,14 @@ loads a checkpoint of ours or of the authors' release into it (:mod:`model.check
 plain PyTorch / timm modules on every device; the CPU fast path lives in :mod:`accel`.
 """
 
+import logging
+
 from torch import nn
 from yacs.config import CfgNode
 
-from .backbone import ClipViT, build_clip_vit
+from utils.errors import UserError
+
+from .backbone import ARCHS, ClipViT, build_clip_vit
 from .checkpoint import Checkpoint, checkpoint_record, read_checkpoint
 from .heat import HeatCycle, heat_diffuse
 from .mhcf import MHCF
@@ -16,14 +20,23 @@ from .mhcf import MHCF
 __all__ = ["MHCF", "Checkpoint", "ClipViT", "HeatCycle", "build_clip_vit", "checkpoint_record", "heat_diffuse",
            "load_model", "make_model", "read_checkpoint"]
 
+logger = logging.getLogger(__name__)
+
 
 def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretrained: bool = True) -> MHCF:
     """MHCF as the config describes it, with ``num_classes`` training identities.
 
     ``num_cameras`` is part of the interface of CLIP-ReID forks; MHCF has no camera embedding and ignores it.
-    ``load_pretrained=False`` skips the backbone's CLIP weights (the caller loads a whole model).
+    The weights: the whole model from ``MODEL.INIT_WEIGHTS`` when it is set (fine-tuning: the classifiers are
+    re-initialised when its identities differ), else the backbone's CLIP weights from ``MODEL.PRETRAIN_PATH``.
+    ``load_pretrained=False`` loads neither (the caller loads a whole model, or wants random weights).
     """
-    pretrained = cfg.MODEL.PRETRAIN_PATH if load_pretrained else None
+    patch = ARCHS[cfg.MODEL.NAME]["patch_size"]
+    if any(side % patch for side in cfg.INPUT.SIZE_TRAIN):
+        raise UserError(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} must be multiples of the patch size {patch} "
+                        f"of {cfg.MODEL.NAME}: the backbone would cut off the rest of every image")
+    init = cfg.MODEL.INIT_WEIGHTS if load_pretrained else ""
+    pretrained = cfg.MODEL.PRETRAIN_PATH if load_pretrained and not init else None
 
     def backbone() -> ClipViT:
         return build_clip_vit(cfg.INPUT.SIZE_TRAIN, pretrained or None, arch=cfg.MODEL.NAME,
@@ -38,8 +51,11 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
                      share_operator=h.SHARE_OPERATOR, diffusion=h.DIFFUSION, alpha=h.ALPHA, beta=h.BETA,
                      tau=h.TAU, learn_tau=h.LEARN_TAU, init_conductivity=h.INIT_CONDUCTIVITY,
                      grad_ckpt=cfg.MODEL.GRAD_CKPT)
-    return MHCF(encoder, heat, modalities, num_classes, modality_heads=cfg.MODEL.MODALITY_HEADS,
-                neck_feat=cfg.TEST.NECK_FEAT)
+    model = MHCF(encoder, heat, modalities, num_classes, modality_heads=cfg.MODEL.MODALITY_HEADS,
+                 neck_feat=cfg.TEST.NECK_FEAT)
+    if init:
+        logger.info("MODEL.INIT_WEIGHTS: %s", read_checkpoint(init, "MODEL.INIT_WEIGHTS").init_model(model))
+    return model
 
 
 def load_model(cfg: CfgNode, checkpoint: Checkpoint) -> MHCF:

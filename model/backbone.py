@@ -13,9 +13,15 @@ __all__ = ["ARCHS", "ClipViT", "build_clip_vit"]
 logger = logging.getLogger(__name__)
 
 #: Architectures by MODEL.NAME. All are CLIP image towers: pre-LN ("ln_pre"), QuickGELU MLPs, class
-#: token, final LayerNorm ("ln_post").
+#: token, final LayerNorm ("ln_post"). The first four are OpenAI's (model/clip/download.py has their weights;
+#: ViT-L-14-336px is ViT-L-14 pretrained on a 24 x 24 grid of 336-pixel images instead of 16 x 16); the patch
+#: grid at the ReID input size is (H // patch, W // patch), e.g. 16 x 8 for ViT-B-16, 8 x 4 for ViT-B-32 and
+#: 18 x 9 for ViT-L-14 at 256 x 128 (a 14-pixel grid leaves the last 4 rows and 2 columns of pixels unseen).
 ARCHS: dict[str, dict] = {
     "ViT-B-16": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "ViT-B-32": {"patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "ViT-L-14": {"patch_size": 14, "embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "ViT-L-14-336px": {"patch_size": 14, "embed_dim": 1024, "depth": 24, "num_heads": 16},
     "ViT-Mini-8": {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4},
 }
 

@@ -14,8 +14,6 @@ identities, config, epoch and training state. ``torch.load`` always runs with ``
 
 import logging
 import os
-import re
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 from utils.errors import UserError
 
 from .released import convert_released_state_dict, is_released_state_dict, released_num_classes, strip_module_prefix
-from .state_dict import check_state_fits
+from .state_dict import check_state_fits, check_tensors, load_weights_only
 
 __all__ = ["FORMAT", "OURS", "RELEASED", "Checkpoint", "checkpoint_record", "read_checkpoint"]
 
@@ -57,9 +55,32 @@ class Checkpoint:
     def load_into(self, model: nn.Module) -> None:
         """Load the weights into ``model`` strictly (released ones converted first, after checking that the
         config fits them); a mismatch is a UserError naming the first differing keys and shapes."""
-        state = convert_released_state_dict(self.state, model, self.path) if self.format == RELEASED else self.state
+        state = self._state_for(model)
         check_state_fits(model, state, self.path, "the configured model")
         model.load_state_dict(state, strict=True)
+
+    def init_model(self, model: nn.Module) -> str:
+        """Fine-tuning: load the weights into ``model`` as :meth:`load_into` does, except the identity
+        classifiers when the checkpoint was trained on another number of identities: those keep their fresh
+        initialisation (the BNNecks, identity-free, are loaded). Returns what was loaded and what was not, for
+        the log. Anything else that does not fit is a UserError naming it."""
+        state = self._state_for(model)
+        own = model.state_dict()
+        fresh = [k for k in own if _is_classifier(k) and k in state and state[k].shape != own[k].shape]
+        check_state_fits(model, {**state, **{k: own[k] for k in fresh}}, self.path, "the configured model")
+        model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+        kind = "the authors' released format" if self.format == RELEASED else "ours"
+        source = f"{self.path} ({kind}" + (f", epoch {self.epoch})" if self.epoch is not None else ")")
+        loaded = f"loaded {len(own) - len(fresh)} of {len(own)} tensors from {source}"
+        if not fresh:
+            return f"{loaded}: the whole model ({self.num_classes} identities, as this dataset)"
+        classes = own[fresh[0]].shape[0]
+        return (f"{loaded}; not loaded, re-initialised: {', '.join(fresh)} (the checkpoint's classifiers have "
+                f"{self.num_classes} identities, this dataset {classes})")
+
+    def _state_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights under the names of ``model`` (released ones converted, after checking the config)."""
+        return convert_released_state_dict(self.state, model, self.path) if self.format == RELEASED else self.state
 
 
 def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
@@ -68,18 +89,21 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
     One-line UserErrors for a missing, unreadable or foreign file."""
     if not path:
         raise UserError(f"{what} is empty: give the checkpoint to evaluate")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file fails inside the unpickler in many ways
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(exc, path)})") from None
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} is not a regular file")
+    raw = load_weights_only(path, "PyTorch checkpoint")
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a checkpoint (it holds a {type(raw).__name__}, not a dict)")
     if raw.get("format") == FORMAT:
         state = raw.get("model")
         if not isinstance(state, dict):
             raise UserError(f"{path}: an MHCF checkpoint without its model weights (no 'model' state dict)")
+        check_tensors(state, path)
+        for key, kind in (("config", str), ("epoch", int)):
+            if raw.get(key) is not None and not isinstance(raw[key], kind):
+                raise UserError(f"{path}: its {key!r} entry is a {type(raw[key]).__name__}, not a {kind.__name__}")
         num_classes = _classifier_rows(state, "heads.ori.classifier.weight", path)
         training = {k: raw[k] for k in TRAINING_KEYS if k in raw} or None
         return Checkpoint(path, OURS, state, num_classes, raw.get("config"), raw.get("epoch"), training)
@@ -87,6 +111,7 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
     if isinstance(state, dict) and is_released_state_dict(state):
         logger.info("%s is in the authors' released format: converting it", path)
         state = strip_module_prefix(state)
+        check_tensors(state, path)
         num_classes = released_num_classes(state)
         if num_classes is None:
             raise UserError(f"{path}: no classifier.weight in the released checkpoint")
@@ -94,24 +119,15 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
     raise UserError(f"{path} is not an MHCF checkpoint (neither ours nor the authors' released format)")
 
 
+def _is_classifier(key: str) -> bool:
+    """An identity classifier of a BNNeck head (``heads.<name>.classifier.weight``): one row per identity."""
+    return key.startswith("heads.") and key.endswith(".classifier.weight")
+
+
 def _classifier_rows(state: dict[str, torch.Tensor], key: str, path: str) -> int:
     if key not in state:
         raise UserError(f"{path}: no {key} in the checkpoint; it is not an MHCF model")
     return int(state[key].shape[0])
-
-
-def _load_failure(exc: Exception, path: str) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text advises turning the
-    safety off, which a checkpoint from elsewhere must not be)."""
-    text = str(exc)
-    match = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?(.+?)(?: was not an allowed|\n|$)",
-                      text.replace("\n\n", " "))
-    if match and "GLOBAL" in match.group(1):
-        return f"it holds Python objects other than tensors and plain containers: {match.group(1).strip()}"
-    if not zipfile.is_zipfile(path):
-        return "not a zip archive as torch.save writes, nor a legacy torch file"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first
 
 
 def checkpoint_record(model: nn.Module, num_classes: int, config_yaml: str, epoch: int) -> dict:

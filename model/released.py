@@ -114,7 +114,7 @@ def _check_config(state: dict[str, torch.Tensor], model: MHCF, path: str) -> Non
     """One-line UserErrors telling which config key to change for this checkpoint."""
     op = model.heat.operators[0]
     if op.diffusion != "stencil":
-        raise UserError(f"{path} is one of the authors' released checkpoints: evaluate it with "
+        raise UserError(f"{path} is one of the authors' released checkpoints: load it with "
                         f"MODEL.HEAT.DIFFUSION stencil (their heat operator), not {op.diffusion!r}; see the README, "
                         f"'Reproduce the paper with the released checkpoints'")
     if list(model.modalities) != list(_MODALITIES):

@@ -54,7 +54,7 @@ def prepare_model(model: nn.Module, cfg: CfgNode, device: torch.device) -> nn.Mo
 class BatchToDevice:
     """``batch -> batch on the device``: the loader's uint8 images of every modality copied (non-blocking
     when the loader pins memory), normalised there and, in training, randomly erased
-    (:mod:`datasets.transforms`); ``pid`` copied too; the other entries left on the host."""
+    (:mod:`datasets.transforms`); the labels (``pid``) copied too; the other entries left on the host."""
 
     def __init__(self, cfg: CfgNode, device: torch.device):
         self.modalities = list(cfg.MODEL.MODALITIES)
@@ -66,7 +66,8 @@ class BatchToDevice:
 
     def __call__(self, batch: dict) -> dict:
         out = {k: v for k, v in batch.items() if k not in self.modalities and k != "erase"}
-        out["pid"] = batch["pid"].to(self.device, non_blocking=True)
+        if "pid" in batch:
+            out["pid"] = batch["pid"].to(self.device, non_blocking=True)
         boxes = batch.get("erase")
         for m in self.modalities:
             images = normalise(batch[m].to(self.device, non_blocking=True), self.mean, self.std)

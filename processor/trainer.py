@@ -16,15 +16,19 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from config import saved_values
+from config.validate import resume_conflict
 from datasets import check_batch_split, make_dataset, make_train_loader
 from loss import make_loss
-from model import MHCF, checkpoint_record, make_model, read_checkpoint
+from model import MHCF, Checkpoint, checkpoint_record, make_model, read_checkpoint
+from model.checkpoint import TRAINING_KEYS
 from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
-from utils.logger import setup_logging
+from utils.logger import open_held_log_file, setup_logging
 
+from .cli import Terminated, log_mapped_settings
 from .device import BatchToDevice, autocast_context, prepare_model, tf32
 from .distributed import (
     DistInfo,
@@ -74,25 +78,32 @@ class Trainer:
         self.info = info
         self.device = info.device
         self.out = cfg.OUTPUT_DIR
-        setup_logging(self.out, "train.log", info.is_main)
-        if info.is_main:
-            atomic_write_text(os.path.join(self.out, "config.yaml"), cfg.dump())
-        logger.info("running with config:\n%s", cfg.dump())
-        if info.is_main:
-            for name in remove_stale_temporaries(self.out):
-                logger.info("removed %s, left by a run killed while saving", name)
+        resume = self._resume_checkpoint()  # checked before anything is written into the folder
+        # a resumed run's train.log (an earlier run's record) is only appended to once start-up went through;
+        # a new run's gets its start-up errors too
+        setup_logging(self.out, "train.log", info.is_main, hold_file=resume is not None)
+        log_mapped_settings(cfg)
+        if cfg.TEST.WEIGHT:
+            logger.warning("train.py does not read TEST.WEIGHT (%s; test.py evaluates it): to start training from a "
+                           "whole checkpoint, set MODEL.INIT_WEIGHTS", cfg.TEST.WEIGHT)
         logger.info("device %s, %d process(es)", self.device, info.world_size)
         check_batch_split(cfg, info.world_size)
+        if cfg.SOLVER.RESUME and resume is None:
+            logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
         seed_everything(cfg.SOLVER.SEED)
         with main_process_first(info):  # the first process generates / downloads what the others then read
-            self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+            self.dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
             self.num_classes = self.dataset.num_train_pids
-            self.model = prepare_model(make_model(cfg, self.num_classes), cfg, self.device)
+            logger.info("running with config:\n%s", cfg.dump())  # after the dataset's one-line errors, if any
+            # a resumed model gets its weights from last.pth: the initial ones are not even read
+            self.model = prepare_model(make_model(cfg, self.num_classes, load_pretrained=resume is None), cfg,
+                                       self.device)
         logger.info("%s", parameter_summary(self.model, cfg.INPUT.SIZE_TRAIN))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
-        self.start_epoch = self._maybe_resume()
+        self.start_epoch = self._restore(resume) if resume is not None else 0
+        self.saved_epoch = self.start_epoch  # the epoch last.pth holds (0: none yet)
         self.best: tuple[int, float] | None = None  # (epoch, mAP) of SOLVER.EVAL_PERIOD, chosen on the test set
         self.train_model = self._wrap(self.model)
         self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
@@ -101,6 +112,11 @@ class Trainer:
         # under torchrun, triplets are mined over the features of every process (the global batch)
         self.loss_fn = make_loss(cfg, self.num_classes, gather=all_gather_with_grad if info.distributed else None)
         self.writer = SummaryWriter(os.path.join(self.out, "tensorboard")) if info.is_main else None
+        if info.is_main:  # start-up went through: only now is the folder's record of the run written
+            open_held_log_file()
+            atomic_write_text(os.path.join(self.out, "config.yaml"), cfg.dump())
+            for name in remove_stale_temporaries(self.out):
+                logger.info("removed %s, left by a run killed while saving", name)
 
     # --- set-up -----------------------------------------------------------------------------------------
     def _wrap(self, model: MHCF) -> torch.nn.Module:
@@ -123,24 +139,40 @@ class Trainer:
     def last_path(self) -> str:
         return os.path.join(self.out, "last.pth")
 
-    def _maybe_resume(self) -> int:
+    def _resume_checkpoint(self) -> Checkpoint | None:
+        """With SOLVER.RESUME, the checkpoint last.pth, checked against the config: a one-line UserError for a
+        setting a resume may not change (config/validate.py) or a missing training state."""
         if not self.cfg.SOLVER.RESUME:
-            return 0
+            return None
         if not os.path.isfile(self.last_path):
-            logger.warning("SOLVER.RESUME is True but %s does not exist: starting from scratch", self.last_path)
-            return 0
+            return None
         checkpoint = read_checkpoint(self.last_path)
         training = checkpoint.training or {}
-        if checkpoint.epoch is None or "optimizer" not in training:
-            raise UserError(f"{self.last_path} holds no training state to resume from")
+        missing = [k for k in TRAINING_KEYS if not isinstance(training.get(k), dict)]
+        if not isinstance(checkpoint.epoch, int) or missing:
+            lacks = ", ".join(missing) if missing else "its epoch"
+            raise UserError(f"{self.last_path} cannot be resumed: it lacks {lacks}")
+        if checkpoint.config:
+            conflict = resume_conflict(self.cfg, saved_values(checkpoint.config), checkpoint.epoch, self.last_path)
+            if conflict:
+                raise UserError(conflict)
+        return checkpoint
+
+    def _restore(self, checkpoint: Checkpoint) -> int:
+        """Load the model and training state of ``checkpoint``; the epoch to continue after."""
         checkpoint.load_into(self.model)
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.scheduler.load_state_dict(training["scheduler"])
-        if training["scaler"]:
-            self.scaler.load_state_dict(training["scaler"])
-        elif self.scaler.is_enabled():  # saved with SOLVER.AMP off or bf16: no scale yet
-            logger.info("%s holds no fp16 gradient scale: it starts at its initial value", self.last_path)
-        set_rng_state(training["rng"], self.device, self.info.rank, self.info.world_size)
+        training = checkpoint.training
+        try:
+            self.optimizer.load_state_dict(training["optimizer"])
+            self.scheduler.load_state_dict(training["scheduler"])
+            if training["scaler"]:
+                self.scaler.load_state_dict(training["scaler"])
+            elif self.scaler.is_enabled():  # saved with SOLVER.AMP off or bf16: no scale yet
+                logger.info("%s holds no fp16 gradient scale: it starts at its initial value", self.last_path)
+            set_rng_state(training["rng"], self.device, self.info.rank, self.info.world_size)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.last_path}: its training state does not fit this run ({reason})") from None
         logger.info("resumed from %s after epoch %d", self.last_path, checkpoint.epoch)
         return int(checkpoint.epoch)
 
@@ -156,6 +188,7 @@ class Trainer:
         state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), rng=rng_state(device_states))
         atomic_save(state, self.last_path)
+        self.saved_epoch = epoch
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
         if period and epoch % period == 0:
             atomic_save(checkpoint_record(self.model, self.num_classes, self.cfg.dump(), epoch),
@@ -165,23 +198,30 @@ class Trainer:
     def run(self) -> dict | None:
         cfg, info = self.cfg, self.info
         max_epochs = cfg.SOLVER.MAX_EPOCHS
-        for epoch in range(self.start_epoch + 1, max_epochs + 1):
-            self.train_epoch(epoch)
-            self.scheduler.step()
-            device_states = self._device_rng_states()
-            run_on_main(info, lambda epoch=epoch, states=device_states: self._save_last(epoch, states))
-            period = cfg.SOLVER.EVAL_PERIOD
-            if period and epoch % period == 0 and epoch < max_epochs:
-                self._evaluate(epoch, progress=False, then=self._log_intermediate)
-        if info.distributed:
-            differing = differing_replicas(self.model, info)
-            if differing:
-                raise RuntimeError(f"the {info.world_size} processes ended with different weights: "
-                                   f"{', '.join(differing[:5])}")
-            logger.info("parameters identical on all %d processes", info.world_size)
-        final = os.path.join(self.out, "model_final.pth")
-        run_on_main(info, lambda: self._save_final(final))
-        return self._evaluate(max_epochs, then=lambda _, results: self._finish(results, final))
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch + 1, max_epochs + 1):
+                self.train_epoch(epoch)
+                self.scheduler.step()
+                device_states = self._device_rng_states()
+                run_on_main(info, lambda epoch=epoch, states=device_states: self._save_last(epoch, states))
+                period = cfg.SOLVER.EVAL_PERIOD
+                if period and epoch % period == 0 and epoch < max_epochs:
+                    self._evaluate(epoch, progress=False, then=self._log_intermediate)
+            if info.distributed:
+                differing = differing_replicas(self.model, info)
+                if differing:
+                    raise RuntimeError(f"the {info.world_size} processes ended with different weights: "
+                                       f"{', '.join(differing[:5])}")
+                logger.info("parameters identical on all %d processes", info.world_size)
+            final = os.path.join(self.out, "model_final.pth")
+            run_on_main(info, lambda: self._save_final(final))
+            return self._evaluate(max_epochs, then=lambda _, results: self._finish(results, final))
+        except KeyboardInterrupt as stop:
+            kept = f"{self.last_path} holds epoch {self.saved_epoch}" if self.saved_epoch else "no checkpoint yet"
+            logger.warning("stopped by %s in epoch %d; %s; continue with SOLVER.RESUME True",
+                           "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C", max(epoch, 1), kept)
+            raise
 
     def _log_intermediate(self, epoch: int, results: dict) -> None:
         """Main process: an evaluation of SOLVER.EVAL_PERIOD, logged with the best so far."""
@@ -200,8 +240,10 @@ class Trainer:
     def _finish(self, results: dict, final: str) -> dict:
         """Main process: the final epoch's results (the reported result) logged and written."""
         cfg, max_epochs = self.cfg, self.cfg.SOLVER.MAX_EPOCHS
-        record = results_record(results, "none", {"dataset": self.dataset.name, "weight": final,
-                                                  "epoch": max_epochs, "re_ranking": cfg.TEST.RE_RANKING})
+        record = results_record(results, "none", {"command": "train.py", "dataset": self.dataset.name,
+                                                  "weight": final, "epoch": max_epochs,
+                                                  "modalities": list(cfg.MODEL.MODALITIES),
+                                                  "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
         logger.info("wrote %s", write_results(self.out, record))
@@ -272,8 +314,8 @@ class Trainer:
             pending.clear()
             for i, row in enumerate(rows):
                 if not math.isfinite(row[0]):
-                    last = (f"the last good checkpoint is {self.last_path}" if epoch > 1
-                            else "no checkpoint was written yet")
+                    last = (f"the last good checkpoint is {self.last_path} (epoch {self.saved_epoch})"
+                            if self.saved_epoch else "no checkpoint was written yet")
                     raise UserError(f"non-finite loss ({row[0]}) at epoch {epoch}, iteration {first + i}/{steps}; "
                                     f"{last}; lower SOLVER.BASE_LR or use SOLVER.AMP bf16")
             sums = [sum(column) for column in zip(*rows, *([sums] if sums else []))]

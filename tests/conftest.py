@@ -33,6 +33,15 @@ def tiny_root(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory) -> str:
+    """A data root holding ``Synthetic/`` with 4 train ids and 2 test ids, 1 shot per camera (4 cameras): one
+    training batch of 16 samples, for end-to-end runs that need a training run of their own."""
+    root = str(tmp_path_factory.mktemp("small"))
+    generate(os.path.join(root, "Synthetic"), train_ids=4, test_ids=2, shots_per_camera=1)
+    return root
+
+
 def tiny_config(root: str, output_dir: str, *opts, freeze: bool = True):
     """The Synthetic config shrunk for tests: 2 epochs of 2 iterations-worth of data, no workers."""
     base = ["DATASETS.ROOT_DIR", root, "OUTPUT_DIR", output_dir, "MODEL.DEVICE", "cpu",

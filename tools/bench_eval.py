@@ -24,7 +24,7 @@ import torch
 
 from utils.metrics import evaluate_features
 
-from .common import REPO, run_tool, tool_parser
+from .common import REPO, at_least, run_tool, tool_parser
 
 
 def make_features(folder: str, queries: int, gallery: int, dim: int, ids: int, cams: int, seed: int,
@@ -103,15 +103,17 @@ def worker(method: str, folder: str, chunk: int) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser("bench_eval", __doc__)
-    parser.add_argument("--queries", type=int, default=3000)
-    parser.add_argument("--gallery", type=int, default=40000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--ids", type=int, default=750)
-    parser.add_argument("--cams", type=int, default=6)
-    parser.add_argument("--chunk", type=int, default=256, help="queries per chunk of evaluate_features")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=2.2, help="feature noise: 2.2 gives mAP ~75%%, 2.8 ~23%%")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads of both evaluators (0: torch's default)")
+    parser.add_argument("--queries", type=at_least(1), default=3000)
+    parser.add_argument("--gallery", type=at_least(1), default=40000)
+    parser.add_argument("--dim", type=at_least(1), default=512)
+    parser.add_argument("--ids", type=at_least(1), default=750)
+    parser.add_argument("--cams", type=at_least(1), default=6)
+    parser.add_argument("--chunk", type=at_least(1), default=256, help="queries per chunk of evaluate_features")
+    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--noise", type=at_least(0, float), default=2.2,
+                        help="feature noise: 2.2 gives mAP ~75%%, 2.8 ~23%%")
+    parser.add_argument("--threads", type=at_least(0), default=0,
+                        help="torch threads of both evaluators (0: torch's default)")
     parser.add_argument("--worker", choices=("chunked", "full", "full-stable"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     return parser

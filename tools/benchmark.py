@@ -49,7 +49,7 @@ from solver import make_optimizer
 from utils.errors import UserError
 from utils.flops import count_flops, format_costs, model_costs
 
-from .common import REPO, run_tool, tool_parser
+from .common import REPO, at_least, run_tool, tool_parser
 from .reference_mhcf import ReferenceMHCF
 
 HEAD_NAMES = ("ori", "heat_cls", "heat_pat")  # the reference model's heads, in its order
@@ -247,7 +247,7 @@ def memory_in_subprocess(args: argparse.Namespace, variant: str) -> dict:
 def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     """Per-worker rates of the training input pipeline (decode + augment every modality), in the main
     process; the cached variant decodes once, then only augments."""
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     records = dataset.train[:samples]
     transform = train_transform(cfg)
 
@@ -279,7 +279,7 @@ def workers_needed(consumption: float, per_worker: float, headroom: float = 1.25
 # ---------------------------------------------------------------------------------------------------
 def default_num_classes(cfg: CfgNode) -> int:
     try:
-        return make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR).num_train_pids
+        return make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES).num_train_pids
     except UserError:
         return 171  # RGBNT201's training identities; the classifier's size barely matters here
 
@@ -451,14 +451,17 @@ def run_benchmark(args: argparse.Namespace, cfg: CfgNode, device: torch.device) 
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser("benchmark", __doc__)
     p.add_argument("--config_file", default="", help="YAML config, e.g. configs/RGBNT201/MHCF.yml")
-    p.add_argument("--batch", type=int, default=0, help="samples per training step (default SOLVER.IMS_PER_BATCH)")
-    p.add_argument("--test_batch", type=int, default=0, help="samples per inference batch (default TEST.IMS_PER_BATCH)")
-    p.add_argument("--iters", type=int, default=5, help="measured iterations (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up iterations (default 2)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: PyTorch's choice)")
-    p.add_argument("--num_classes", type=int, default=0, help="identities (default: the dataset's, else 171)")
-    p.add_argument("--matmul_size", type=int, default=0, help="side of the square matmul (default 2048 CPU, 8192 GPU)")
-    p.add_argument("--data_samples", type=int, default=48, help="samples timed through the input pipeline")
+    p.add_argument("--batch", type=at_least(0), default=0,
+                   help="samples per training step (default SOLVER.IMS_PER_BATCH)")
+    p.add_argument("--test_batch", type=at_least(0), default=0,
+                   help="samples per inference batch (default TEST.IMS_PER_BATCH)")
+    p.add_argument("--iters", type=at_least(1), default=5, help="measured iterations (default 5)")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="warm-up iterations (default 2)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--num_classes", type=at_least(0), default=0, help="identities (default: the dataset's, else 171)")
+    p.add_argument("--matmul_size", type=at_least(0), default=0,
+                   help="side of the square matmul (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--data_samples", type=at_least(1), default=48, help="samples timed through the input pipeline")
     p.add_argument("--baseline", action="store_true", help="also time the authors' structure side by side")
     p.add_argument("--no_memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no_data", action="store_true", help="skip the input-pipeline measurement")

@@ -25,7 +25,7 @@ import numpy as np
 
 from datasets import MultiModalDataset, make_dataset
 
-from .common import run_tool, tool_parser
+from .common import at_least, run_tool, tool_parser
 
 # name -> ({split: (# ids, # samples)}, # cameras): the published split sizes (docs/datasets.md)
 OFFICIAL: dict[str, tuple[dict[str, tuple[int, int]], int]] = {
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default="", help="folder in which a fresh sub-folder receives the trees "
                         "(default: the system's temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the trees instead of deleting them")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     return parser
 
 

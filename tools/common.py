@@ -10,9 +10,10 @@ from yacs.config import CfgNode
 
 from config import load_config
 from datasets import MultiModalDataset, make_dataset
-from model import MHCF, load_model, read_checkpoint
-from processor.cli import exit_on_user_error
-from processor.device import prepare_model, resolve_device
+from model import MHCF
+from processor.cli import ArgumentParser, exit_on_user_error, log_mapped_settings
+from processor.device import resolve_device
+from processor.tester import load_for_evaluation
 from utils.files import atomic_write_text
 from utils.logger import setup_logging
 
@@ -22,8 +23,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tool_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The argument parser of ``python -m tools.<name>``: the first paragraph of the module's docstring as the
     description, the whole docstring (usage examples) after the options."""
-    return argparse.ArgumentParser(prog=f"python -m tools.{name}", description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    return ArgumentParser(prog=f"python -m tools.{name}", description=doc.split("\n\n")[0],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """argparse ``type``: a finite ``kind`` (int or float) >= minimum; anything else is a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"{text!r}") from None
+        if not minimum <= value < float("inf"):
+            finite = "a finite number " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"must be {finite}>= {minimum}, got {text}")
+        return value
+    return parse
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +51,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_trained_model(cfg: CfgNode, path: str, device: torch.device) -> MHCF:
-    """The configured model with the weights of the checkpoint ``path``, on ``device``, in eval mode."""
-    return prepare_model(load_model(cfg, read_checkpoint(path)), cfg, device).eval()
+    """The configured model with the weights of the checkpoint ``path``, on ``device``, in eval mode (a
+    setting of the network that differs from the checkpoint's config is logged as a warning)."""
+    return load_for_evaluation(cfg, path, device)[0]
 
 
 def load_model_and_data(args: argparse.Namespace) -> tuple[CfgNode, MHCF, MultiModalDataset, torch.device]:
     """The config of ``args``, the model of TEST.WEIGHT on the configured device, and the dataset."""
     cfg = load_config(args.config_file or None, args.opts)
+    log_mapped_settings(cfg)
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+    dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     return cfg, load_trained_model(cfg, cfg.TEST.WEIGHT, device), dataset, device
 
 

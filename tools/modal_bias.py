@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 from processor.modal_bias import analyse_modal_bias, format_modal_bias
 
-from .common import add_config_arguments, load_model_and_data, run_tool, tool_parser, write_report
+from .common import add_config_arguments, at_least, load_model_and_data, run_tool, tool_parser, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser("modal_bias", __doc__)
     parser.add_argument("--out", default="", help="output folder (default: the config's OUTPUT_DIR)")
-    parser.add_argument("--max-samples", type=int, default=2000,
+    parser.add_argument("--max-samples", type=at_least(1), default=2000,
                         help="test samples (evenly spaced) for the feature statistics (default 2000)")
     add_config_arguments(parser)
     return parser

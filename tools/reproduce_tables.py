@@ -80,9 +80,11 @@ def locate(name: str, explicit: str, runs: str) -> tuple[str, str] | str:
     return path, default_config
 
 
-def dataset_present(name: str, root: str) -> bool:
-    """Whether the benchmark's folder is under ``root`` (Synthetic is generated when absent)."""
-    return name == "Synthetic" or any(os.path.isdir(os.path.join(root, d)) for d in DATASETS[name].dirnames)
+def dataset_present(name: str, root: str, explicit: bool) -> bool:
+    """Whether the benchmark's folder is under ``root``. Synthetic is generated when absent only when its
+    checkpoint was given by name (``--synthetic``): ``--runs`` never writes a dataset into ``root``."""
+    return (name == "Synthetic" and explicit) or any(os.path.isdir(os.path.join(root, d))
+                                                     for d in DATASETS[name].dirnames)
 
 
 def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, out: str, opts: Sequence[str],
@@ -93,7 +95,7 @@ def evaluate_benchmark(name: str, checkpoint: str, config_file: str, root: str, 
     if name != cfg.DATASETS.NAMES:
         raise UserError(f"{config_file}: DATASETS.NAMES is {cfg.DATASETS.NAMES}, but it was given for {name}")
     device = resolve_device(cfg.MODEL.DEVICE)
-    dataset = make_dataset(name, root)
+    dataset = make_dataset(name, root, cfg.MODEL.MODALITIES)
     model = load_trained_model(cfg, checkpoint, device)
     logger.info("evaluating %s on %s (%s, config %s)", checkpoint, name, device, config_file)
     settings = miss_settings(cfg.MODEL.MODALITIES) if sweep else [NONE]
@@ -147,7 +149,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, dict]:
             if name != "Synthetic":
                 records[name] = {"status": found}
             continue
-        if not dataset_present(name, args.root):
+        if not dataset_present(name, args.root, bool(getattr(args, name))):
             tried = " or ".join(os.path.join(args.root, d) for d in DATASETS[name].dirnames)
             records[name] = {"status": f"dataset not found ({tried})", "checkpoint": found[0]}
             continue

@@ -4,6 +4,8 @@ Encoding", CVPR 2017), as used by the ReID community (k1=20, k2=6, lambda=0.3)."
 import numpy as np
 import torch
 
+__all__ = ["re_ranking"]
+
 
 def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
     """The first ``k`` columns of ``np.argsort(dist, axis=1, kind="stable")`` (ties in index order),

@@ -1,10 +1,12 @@
 """OpenAI's CLIP weights for the backbone.
 
-- :mod:`model.clip.download`: ``ViT-B-16.pt`` downloaded once into a cache folder, SHA256-verified;
+- :mod:`model.clip.download`: OpenAI's checkpoint of the architecture (``ViT-B-16.pt``, ``ViT-B-32.pt``,
+  ``ViT-L-14.pt``, ``ViT-L-14-336px.pt``) downloaded once into a cache folder, SHA256-verified;
 - :mod:`model.clip.archive`: the tensors of OpenAI's TorchScript archive (read without executing it) or of a
   plain state dict with ``visual.*`` keys;
-- :mod:`model.clip.convert`: timm's key conversion, then the position grid resized as CLIP-ReID / MHCF do
-  (bilinear, no antialias), so our encoder gives their tokens;
+- :mod:`model.clip.convert`: timm's key conversion, then the checkpoint's square position grid (7 x 7, 14 x 14,
+  16 x 16 or 24 x 24) resized to the ReID grid as CLIP-ReID / MHCF do (bilinear, no antialias), so our encoder
+  gives their tokens;
 - :func:`load_openai_weights`: all of the above into a :class:`~model.backbone.ClipViT`, strictly.
 """
 

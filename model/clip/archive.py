@@ -14,6 +14,8 @@ import torch
 
 from utils.errors import UserError
 
+from ..state_dict import check_tensors, load_weights_only
+
 __all__ = ["read_openai_state_dict"]
 
 #: Storage types a TorchScript archive names, by their pickled class name.
@@ -112,6 +114,7 @@ def _read_torchscript(path: str, archive: zipfile.ZipFile) -> dict[str, torch.Te
             raise UserError(f"{path}: unreadable TorchScript archive ({exc})") from None
     state: dict[str, torch.Tensor] = {}
     _collect_tensors(root, "", state)
+    check_tensors(state, path)
     return state
 
 
@@ -124,13 +127,10 @@ def read_openai_state_dict(path: str) -> dict[str, torch.Tensor]:
         with zipfile.ZipFile(path) as archive:
             if any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist()):
                 return _read_torchscript(path, archive)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file fails inside the unpickler in many ways
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable CLIP checkpoint ({first})") from None
+    state = load_weights_only(path, "CLIP checkpoint")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a CLIP checkpoint (it holds a {type(state).__name__}, not a state dict)")
+    check_tensors(state, path)
     return state

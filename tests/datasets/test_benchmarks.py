@@ -185,6 +185,7 @@ def test_rgbnt100_panel_order_on_jpeg_strip(tmp_path):
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         os.makedirs(os.path.join(folder, split))
         strip.save(os.path.join(folder, split, "0502_c0001_000.jpg"), quality=95)
+    strip.save(os.path.join(folder, "bounding_box_test", "0502_c0002_000.jpg"), quality=95)  # the query's positive
     ds = make_dataset("RGBNT100", str(tmp_path))
     panels = ds.read(ds.train[0])
     assert [_dominant(p) for p in panels.values()] == [0, 1, 2]

@@ -132,6 +132,7 @@ def test_rgbnt100_strip_of_wrong_width_named(tmp_path):
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         os.makedirs(base / split)
         Image.new("RGB", (700, 128)).save(base / split / "0001_c0001_000.jpg")
+    Image.new("RGB", (700, 128)).save(base / "bounding_box_test" / "0001_c0002_000.jpg")  # the query's positive
     ds = make_dataset("RGBNT100", str(tmp_path))
     with pytest.raises(UserError, match=f"{base}/bounding_box_train/0001_c0001_000.jpg is 700x128"):
         ds.read(ds.train[0])
@@ -143,7 +144,7 @@ def test_user_error_from_dataloader_worker_keeps_its_message(tmp_path):
     bad = tmp_path / "RGBNT201" / "test" / "NI" / "000258_cam2_0_00.jpg"
     _corrupt(bad)
     ds = make_dataset("RGBNT201", str(tmp_path))
-    transform = MultiModalTransform(build_image_transform(False, (16, 8), (0.5,) * 3, (0.5,) * 3))
+    transform = MultiModalTransform(build_image_transform(False, (16, 8)))
     loader = DataLoader(TransformedSamples(ds, ds.query, transform), batch_size=2, num_workers=1)
     with pytest.raises(UserError) as excinfo:
         next(iter(loader))

@@ -1,9 +1,11 @@
-"""OpenAI CLIP weights: reading both of OpenAI's formats safely, conversion, grid resize, download and cache."""
+"""OpenAI CLIP weights: reading both of OpenAI's formats safely, conversion, grid resize, download and cache, for
+each of OpenAI's image towers."""
 
 import copy
 import hashlib
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -11,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import build_clip_vit
+from model import ClipViT, backbone, build_clip_vit
 from model.clip import download
 from model.clip.archive import read_openai_state_dict
-from model.clip.convert import resize_position_grid
+from model.clip.convert import openai_to_timm, resize_position_grid
 from model.clip.download import download_openai
+from model.state_dict import check_state_fits
 from tests.model.clip_reference import CLIP, randomise
 from utils.errors import UserError
 
@@ -110,14 +113,16 @@ def test_missing_file_and_foreign_file_are_user_errors(tmp_path):
 
 
 # --- download and cache -------------------------------------------------------------------------------
-def _serve(tmp_path, monkeypatch, content: bytes, digest: str | None = None) -> str:
-    """Make "openai" point at a file:// URL holding ``content`` whose hash segment is ``digest``."""
+def _serve(tmp_path, monkeypatch, content: bytes, digest: str | None = None, arch: str = "ViT-B-16") -> str:
+    """Make "openai" point at a file:// URL holding ``content`` whose hash segment is ``digest``, named as
+    OpenAI names the file of ``arch``."""
     digest = digest or hashlib.sha256(content).hexdigest()
     folder = tmp_path / "server" / digest
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ViT-B-16.pt").write_bytes(content)
-    url = (folder / "ViT-B-16.pt").as_uri()
-    monkeypatch.setitem(download.OPENAI_URLS, "ViT-B-16", url)
+    name = download.OPENAI_URLS[arch].rsplit("/", 1)[-1]
+    (folder / name).write_bytes(content)
+    url = (folder / name).as_uri()
+    monkeypatch.setitem(download.OPENAI_URLS, arch, url)
     return url
 
 
@@ -159,6 +164,55 @@ def test_corrupt_cached_file_is_replaced_or_refused(tmp_path, monkeypatch):
     assert Path(download_openai("ViT-B-16", str(cache))).read_bytes() == content
 
 
-def test_openai_weights_exist_only_for_vit_b_16():
-    with pytest.raises(UserError, match="MODEL.NAME ViT-B-16 only"):
+def test_openai_weights_exist_only_for_openais_towers():
+    with pytest.raises(UserError, match="MODEL.NAME ViT-B-16, ViT-B-32, ViT-L-14, ViT-L-14-336px only"):
         build_clip_vit((64, 32), pretrained="openai", arch="ViT-Mini-8")
+
+
+# --- the other OpenAI towers ----------------------------------------------------------------------------
+#: OpenAI's image towers (clip.py's build_model from their checkpoints): width, layers, heads, patch, the
+#: side of the pretraining position grid, and the ReID grid at 256 x 128.
+TOWERS = {"ViT-B-32": (768, 12, 12, 32, 7, (8, 4)), "ViT-L-14": (1024, 24, 16, 14, 16, (18, 9)),
+          "ViT-L-14-336px": (1024, 24, 16, 14, 24, (18, 9))}
+
+
+@pytest.mark.parametrize("arch", sorted(TOWERS))
+def test_each_tower_at_its_real_size_takes_openais_keys(arch):
+    """On the meta device (no memory, no time): OpenAI's full-size layout converts onto our tower key for key
+    and shape, position grid included."""
+    width, layers, heads, patch, side, grid = TOWERS[arch]
+    with torch.device("meta"):
+        model = ClipViT(arch, (256, 128))
+        openai = CLIP(width=width, layers=layers, heads=heads, patch=patch, positions=1 + side * side)
+    assert model.grid_size == grid
+    state = openai_to_timm(openai.state_dict(), model)
+    state["pos_embed"] = resize_position_grid(state["pos_embed"], model.grid_size)
+    check_state_fits(model, state, arch, "the tower")
+
+
+@pytest.mark.parametrize("arch", sorted(TOWERS))
+def test_each_tower_downloads_verified_and_gives_clips_tokens(arch, tmp_path, monkeypatch):
+    """Each tower through MODEL.PRETRAIN_PATH "openai" (a file:// URL whose hash segment is the file's SHA256),
+    with random weights in OpenAI's layout at a reduced width and depth (same patch, same pretraining grid),
+    against the independent CLIP tower."""
+    _, _, _, patch, side, grid = TOWERS[arch]
+    monkeypatch.setitem(backbone.ARCHS, arch, {**backbone.ARCHS[arch], "embed_dim": 64, "depth": 2, "num_heads": 4})
+    torch.manual_seed(0)
+    clip = randomise(CLIP(width=64, layers=2, heads=4, patch=patch, positions=1 + side * side), seed=3).eval()
+    path = tmp_path / "weights.pt"
+    torch.save({k: v.half() for k, v in clip.state_dict().items()}, path)
+    _serve(tmp_path, monkeypatch, path.read_bytes(), arch=arch)
+    model = build_clip_vit((256, 128), pretrained="openai", arch=arch, cache_dir=str(tmp_path / "cache")).eval()
+    assert os.listdir(tmp_path / "cache") == [download.OPENAI_URLS[arch].rsplit("/", 1)[-1]]
+    images = torch.randn(2, 3, 256, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, ref = model(images), clip.visual(images, stored_dtype=torch.float16)
+    assert ours.shape == ref.shape == (2, 1 + grid[0] * grid[1], 64)
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_the_published_urls_name_their_files_and_digests():
+    for arch, url in download.OPENAI_URLS.items():
+        assert url.startswith("https://openaipublic.azureedge.net/clip/models/")
+        digest, name = url.rsplit("/", 2)[-2:]
+        assert name == f"{arch}.pt" and re.fullmatch(r"[0-9a-f]{64}", digest)

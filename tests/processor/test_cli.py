@@ -1,5 +1,6 @@
 """Mistakes on the command line: one line on stderr naming the culprit, exit code 2, no traceback."""
 
+import logging
 import os
 import random
 import subprocess
@@ -9,8 +10,9 @@ import pytest
 
 from model import checkpoint_record, make_model
 from processor import tester, trainer
-from processor.cli import run_cli
-from tests.conftest import REPO, tiny_config
+from processor.cli import exit_on_user_error, run_cli
+from tests.conftest import REPO, kept_logging, tiny_config
+from utils.errors import UserError
 from utils.files import atomic_save
 
 SYNTHETIC = os.path.join(REPO, "configs", "Synthetic", "MHCF.yml")
@@ -36,7 +38,7 @@ def checkpoints(tiny_root, tmp_path):
     and a file of random bytes."""
     paths = {}
     for name, opts in {"ours": [], "stencil": ["MODEL.HEAT.DIFFUSION", "stencil"],
-                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]"]}.items():
+                       "size": ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]"]}.items():
         cfg = tiny_config(tiny_root, str(tmp_path), *opts)
         paths[name] = str(tmp_path / f"{name}.pth")
         atomic_save(checkpoint_record(make_model(cfg, 8), 8, cfg.dump(), 1), paths[name])
@@ -71,7 +73,8 @@ def test_config_and_checkpoint_mistakes(tiny_root, tmp_path, capsys, checkpoints
     out.mkdir()
     resume = [*base[:4], "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.RESUME", "True"]
     atomic_save({**checkpoint_record(make_model(tiny_config(tiny_root, str(out), "MODEL.HEAT.DIFFUSION",
-                                                           "stencil"), 8), 8, "", 1), "optimizer": {}},
+                                                           "stencil"), 8), 8, "", 1),
+                 "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {}},
                 str(out / "last.pth"))
     line = _one_line_error(capsys, trainer.train, resume)
     assert str(out / "last.pth") in line and "does not fit the configured model" in line
@@ -93,3 +96,26 @@ def test_scripts_exit_2_with_one_line(tiny_root, tmp_path, checkpoints):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 2
         assert len(err.strip().splitlines()) == 1 and expected in err and "Traceback" not in err
+
+
+def test_runs_append_to_a_log_with_a_header_each_and_end_with_their_error(tmp_path, capsys):
+    from utils.logger import setup_logging
+
+    def fail(message):
+        def main():
+            setup_logging(str(tmp_path), "run.log")
+            logging.getLogger("a.module").info("working")
+            raise message
+        return main
+
+    with kept_logging():
+        with pytest.raises(SystemExit):
+            exit_on_user_error(fail(UserError("the data folder is missing")))
+        with pytest.raises(RuntimeError):
+            exit_on_user_error(fail(RuntimeError("a bug")))
+    log = (tmp_path / "run.log").read_text()
+    first, second = log.split("\n\n")                                       # a blank line between the runs
+    assert "======== new run (pid" in first and first.rstrip().endswith("error: the data folder is missing")
+    assert "earlier runs above in" in second.splitlines()[0]
+    assert "crashed: RuntimeError: a bug" in second and "Traceback (most recent call last)" in second
+    assert capsys.readouterr().err.count("error: the data folder is missing") == 1   # once on the console

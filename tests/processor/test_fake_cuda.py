@@ -168,9 +168,10 @@ def _epoch_on_fake_cuda(cfg) -> tuple[Trainer, StepAudit, list, list]:
 def _config(tiny_root, out, *opts):
     """Tiny and cheap: 8 identities x 8 instances = the whole training set in one step (one iteration per
     epoch), one heat cycle (the operator's code is the same at every cycle)."""
-    return tiny_config(tiny_root, out, "MODEL.DEVICE", "cuda", "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.PADDING", "2",
-                       "SOLVER.IMS_PER_BATCH", "64", "DATALOADER.NUM_INSTANCE", "8", "DATALOADER.PIN_MEMORY", "False",
-                       "DATALOADER.CACHE", "False", "MODEL.DROP_PATH", "0.1", "MODEL.HEAT.NUM_CYCLES", "1", *opts)
+    return tiny_config(tiny_root, out, "MODEL.DEVICE", "cuda", "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST",
+                       "[32, 16]", "INPUT.PADDING", "2", "SOLVER.IMS_PER_BATCH", "64", "DATALOADER.NUM_INSTANCE", "8",
+                       "DATALOADER.PIN_MEMORY", "False", "DATALOADER.CACHE", "False", "MODEL.DROP_PATH", "0.1",
+                       "MODEL.HEAT.NUM_CYCLES", "1", *opts)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -56,6 +56,14 @@ def test_tables_match_test_py_and_list_absent_benchmarks(tiny_root, trained_run,
     assert f"{ours['settings']['r']['mAP']:.1f} / {ours['settings']['r']['Rank-1']:.1f}" in synthetic_sweep
     assert "| w/o RGB | w/o NI | w/o TI | w/o RGB+NI | w/o RGB+TI | w/o NI+TI | average |" in sweep
 
+    # --runs finds the Synthetic run, but never generates the dataset inside the user's dataset root
+    empty = tmp_path / "user_root"
+    empty.mkdir()
+    reproduce_tables.main(["--root", str(empty), "--runs", str(runs), "--out", str(tmp_path / "tables2")])
+    with open(tmp_path / "tables2" / "tables.json") as f:
+        assert json.load(f)["Synthetic"]["status"] == f"dataset not found ({empty / 'Synthetic'})"
+    assert os.listdir(empty) == []
+
 
 def test_a_missing_explicit_checkpoint_is_a_user_error(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
