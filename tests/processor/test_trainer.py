@@ -172,3 +172,34 @@ def test_run_artifacts_and_tensorboard(trained_run):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("eval/mAP")] == [1, 2]
     assert events.Scalars("eval/mAP")[-1].value == pytest.approx(record["mAP"], rel=1e-5)
+
+
+def test_fp16_restores_a_checkpoint_without_gradient_scale(trained_run, tmp_path, restore_logging):
+    """last.pth of a run without fp16 holds an empty scaler state: an fp16 trainer restoring it starts from the
+    initial scale (loading it crashed). Whether a resume may switch SOLVER.AMP at all is config/validate.py's
+    policy; this is the restore itself."""
+    checkpoint = read_checkpoint(os.path.join(trained_run, "last.pth"))
+    assert checkpoint.training["scaler"] == {}
+    cfg = load_config(os.path.join(trained_run, "config.yaml"), ["OUTPUT_DIR", str(tmp_path), "SOLVER.AMP", "fp16",
+                                                                "SOLVER.EVAL_PERIOD", "0", "TEST.MODAL_BIAS", "False"])
+    trainer = Trainer(cfg, DistInfo())
+    assert trainer._restore(checkpoint) == 2
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 2.0**16
+    trainer.writer.close()
+
+
+def test_no_heat_ablation_trains_as_the_concatenation_baseline(tiny_root, tmp_path, restore_logging):
+    """MODEL.HEAT.NUM_CYCLES 0: no operator; heat_cls is the backbone's class tokens (ori), heat_pat their patch
+    means; every trainable parameter learns, and the epoch's statistics have no heat entries to log."""
+    cfg = tiny_config(tiny_root, str(tmp_path), *FAST, "MODEL.HEAT.NUM_CYCLES", "0")
+    trainer = Trainer(cfg, DistInfo())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train_epoch(1)
+    assert not trainer.model.heat.operators and not list(trainer.model.heat.parameters())
+    assert [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])] == []
+    trainer.model.eval()
+    batch = trainer.to_device(next(iter(trainer.loader)))
+    with torch.no_grad():
+        features, _ = trainer.model.fuse(trainer.model.encode(batch))
+    assert torch.equal(features["heat_cls"], features["ori"])
+    trainer.writer.close()
