@@ -13,6 +13,9 @@ import torch.distributed as dist
 
 from .device import resolve_device
 
+__all__ = ["DistInfo", "MainProcessFailed", "all_gather", "all_gather_with_grad", "all_reduce_mean", "cleanup",
+           "differing_replicas", "gather_rows", "init_distributed", "main_process_first", "run_on_main"]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")

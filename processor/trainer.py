@@ -46,6 +46,8 @@ from .modal_bias import analyse_modal_bias, log_modal_bias
 from .results import format_results, results_record, write_results
 from .state import device_rng_state, remove_stale_temporaries, rng_state, set_rng_state
 
+__all__ = ["Trainer", "parameter_summary", "seed_everything", "train"]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")

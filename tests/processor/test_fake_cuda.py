@@ -124,10 +124,10 @@ def fake_cuda():
         yield
 
 
-def _stub_backward(trainer: Trainer, losses: list):
+def _stub_backward(model: torch.nn.Module, losses: list):
     def backward(loss, *args, **kwargs):
         losses.append((loss.device, loss.dtype, loss.dim()))
-        for p in trainer.model.parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
     return backward
@@ -158,7 +158,7 @@ def _epoch_on_fake_cuda(cfg) -> tuple[Trainer, StepAudit, list, list]:
         trainer.loader = Batches(trainer.loader, audit)
         trainer.model.heads["ori"].classifier.register_forward_hook(
             lambda m, i, out: logits.append((out.device, out.dtype)))
-        with unittest.mock.patch.object(torch.Tensor, "backward", _stub_backward(trainer, losses)), \
+        with unittest.mock.patch.object(torch.Tensor, "backward", _stub_backward(trainer.model, losses)), \
                 unittest.mock.patch.object(Trainer, "train_step", audited_step), audit:
             trainer.train_epoch(1)
         trainer.writer.close()
@@ -198,3 +198,28 @@ def test_epoch_syncs_only_at_log_period_boundaries(tiny_root, tmp_path):
     trainer, audit, losses, _ = _epoch_on_fake_cuda(cfg)
     assert len(trainer.loader) == 2 and len(losses) == 2
     assert {iteration for iteration, _ in audit.syncs} == {2} and not audit.cpu_ops
+
+
+def test_benchmark_step_and_matmul_on_fake_cuda(tiny_root, tmp_path):
+    """tools.benchmark's training step (as the trainer's: the host batch uploaded, normalised and erased on the
+    device) and its matmul yardstick in the step's precision. Its timer and memory probe need a real GPU."""
+    from tools import benchmark
+
+    cfg = _config(tiny_root, str(tmp_path), "SOLVER.AMP", "bf16")
+    assert [benchmark.step_precision(c, CUDA)[1] for c in (cfg, _config(tiny_root, str(tmp_path), "MODEL.TF32", "True"))
+            ] == ["bf16", "fp32 (TF32)"]
+    with unset_fake_temporarily():
+        model = benchmark.build_model(cfg, "ours", 8, torch.device("cpu"))
+    batch = benchmark.random_batch(cfg, 16, torch.device("cpu"))   # pinned for a real GPU; pinning needs one
+    audit, losses = StepAudit(), []
+    with fake_cuda():
+        model.to(CUDA)
+        step = benchmark.make_step(cfg, model, "ours", batch, CUDA, benchmark.make_optimizer(cfg, model))
+        kernels = benchmark.matmul_kernels(CUDA, 64, torch.bfloat16)
+        with unittest.mock.patch.object(torch.Tensor, "backward", _stub_backward(model, losses)), audit:
+            step()
+            product = kernels["torch.mm"]()
+    assert not audit.cpu_ops and not audit.syncs and losses == [(CUDA, torch.float32, 0)]
+    assert {non_blocking for _, _, non_blocking in audit.uploads} == {True}
+    assert torch.bfloat16 in {d for d, _ in audit.matmuls}
+    assert (product.device, product.dtype) == (CUDA, torch.bfloat16) and list(kernels) == ["torch.mm"]
