@@ -197,7 +197,7 @@ def make_step(cfg: CfgNode, model: torch.nn.Module, variant: str, batch: dict, d
               optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
     """One iteration as the trainer's: the host ``batch`` (:func:`random_batch`) to the device, forward,
     losses, backward, and the optimizer step when ``optimizer`` is given."""
-    loss_fn = make_loss(cfg, int(batch["pid"].numpy().max()) + 1)
+    loss_fn = make_loss(cfg, max(batch["pid"].tolist()) + 1)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
     forward = model if variant == "ours" else (lambda b: as_named_outputs(model(b)))
     to_device = BatchToDevice(cfg, device)
