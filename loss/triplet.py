@@ -1,7 +1,22 @@
 """Batch-hard triplet loss (Hermans et al., 2017) on Euclidean distances."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
+
+
+@contextmanager
+def _no_tf32() -> Iterator[None]:
+    """CUDA float32 matrix products in full float32 for the block, whatever the caller allowed (TF32 keeps 10
+    mantissa bits, as float16 does)."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float | None) -> torch.Tensor:
@@ -10,11 +25,11 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
     ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
     Averaged over anchors.
 
-    Computed in float32 with autocast off, whatever the caller's autocast: the distances are small
+    Computed in float32 with autocast and TF32 off, whatever the caller's settings: the distances are small
     differences of large squared norms (post-LayerNorm features share a large common component), which
-    half precision rounds away, and mining then picks the wrong positives and negatives.
+    half precision (and TF32's products) rounds away, and mining then picks the wrong positives and negatives.
     """
-    with torch.autocast(device_type=features.device.type, enabled=False):
+    with torch.autocast(device_type=features.device.type, enabled=False), _no_tf32():
         x = features.float()
         sq = x.pow(2).sum(1)
         dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)

@@ -5,7 +5,8 @@ An audit mode above the fake mode sees every operation: a value read back to the
 the host (an upload) and any other operation that takes or makes a CPU tensor. Per model variant and
 precision it asserts: no device mismatch (the fake mode raises on one), no CPU tensor in the step, uploads
 only of the loader's batch and non-blocking, no sync except at a SOLVER.LOG_PERIOD boundary, autocast active
-on the GPU, the loss handed to backward a float32 CUDA scalar, TF32 as configured.
+on the GPU, the loss handed to backward a float32 CUDA scalar, TF32 as configured (never in the triplet
+mining's distances).
 
 Fake tensors cannot run backward (autograd's engine needs a CUDA context): ``Tensor.backward`` is replaced
 by a stub that records the loss and gives every trainable parameter a gradient like the real one (same
@@ -45,6 +46,7 @@ class StepAudit(TorchDispatchMode):
         self.uploads: list[tuple[int, torch.dtype, bool]] = []
         self.cpu_ops: list[tuple[int, str]] = []
         self.matmuls: list[tuple[torch.dtype, bool]] = []   # (output dtype, TF32 allowed)
+        self.gram: list[tuple[torch.dtype, bool]] = []      # the same, of the (N, D) @ (D, N)-view products
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -68,6 +70,9 @@ class StepAudit(TorchDispatchMode):
             self.cpu_ops.append((self.iteration, str(func)))
         if func in (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default):
             self.matmuls.append((outputs[0].dtype, torch.backends.cuda.matmul.allow_tf32))
+            a, b = inputs[:2]
+            if func is aten.mm.default and b.shape == a.shape[::-1] and b.stride() == (1, a.shape[1]):  # x @ x.T
+                self.gram.append((outputs[0].dtype, torch.backends.cuda.matmul.allow_tf32))
         return out
 
 
@@ -188,7 +193,9 @@ def test_training_step_on_fake_cuda(variant, tiny_root, tmp_path):
         assert audit.syncs and not [s for s in audit.syncs if s[1]], audit.syncs   # none inside the step
         assert losses == [(CUDA, torch.float32, 0)] and logits == [(CUDA, dtype)]
         assert {d for d, _ in audit.matmuls} >= {dtype}            # autocast acts on the GPU
-        assert {allowed for _, allowed in audit.matmuls} == {tf32}
+        assert {allowed for _, allowed in audit.matmuls} == {tf32, False}   # TF32 as configured, mining aside
+        # triplet mining: a Gram matrix per head's features, always in full float32
+        assert audit.gram and set(audit.gram) == {(torch.float32, False)}
 
 
 def test_epoch_syncs_only_at_log_period_boundaries(tiny_root, tmp_path):
