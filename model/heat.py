@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 __all__ = ["HeatConductionOperator", "HeatCycle", "HeatOutput", "dct_matrix", "heat_diffuse",
            "laplacian_eigenvalues", "stencil_average", "stencil_norm"]
@@ -298,8 +298,10 @@ class HeatCycle(nn.Module):
             for e, (src, tgt) in enumerate(self.edges):
                 args = (cls[src], patches[src], cls[tgt], patches[tgt], self.target_conductivity(tgt), tau)
                 op = self.operator(c, e)
-                result = checkpoint(op, *args, use_reentrant=False) if checkpointed else op(*args)
-                cls[tgt], patches[tgt], stats = result
+                if checkpointed:
+                    cls[tgt], patches[tgt], stats = torch.utils.checkpoint.checkpoint(op, *args, use_reentrant=False)
+                else:
+                    cls[tgt], patches[tgt], stats = op(*args)
                 out.stats[(c, src, tgt)] = stats
             out.cls_trace.append(dict(cls))
         return out
