@@ -62,7 +62,8 @@ _C.MODEL.GRAD_CKPT = False
 _C.MODEL.SYNC_BN = False
 # On CUDA GPUs (Ampere and later): run the training step's float32 matrix products and convolutions in TF32
 # (10-bit mantissa, several times faster; with SOLVER.AMP off, and the few float32 products left under
-# autocast). False keeps full float32. Evaluation always computes in full float32.
+# autocast). False keeps full float32. The triplet mining's distances and evaluation always compute in full
+# float32.
 _C.MODEL.TF32 = False
 # Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
