@@ -35,6 +35,7 @@ from processor.device import autocast_context
 from .common import at_least, run_tool, tool_parser
 
 GIB = 2**30
+CUDA = torch.device("cuda")
 PARTS = ("backbone", "heat", "heads")   # the model's parts, in the order of the forward; the losses count as heads
 
 
@@ -58,8 +59,10 @@ def estimate(cfg: CfgNode, samples: int, num_classes: int = 171) -> dict[str, in
            "optimizer state": 4 * per_param * trainable, **{f"activations: {p}": 0 for p in PARTS},
            "one block recomputed in backward": 0}
     part = [PARTS[0]]
-    for name in PARTS:
-        getattr(model, name).register_forward_pre_hook(lambda m, a, name=name: part.__setitem__(0, name))
+    for name in PARTS:   # a ModuleDict (the heads) is never called itself: its members are
+        module = getattr(model, name)
+        for member in module.values() if isinstance(module, torch.nn.ModuleDict) else [module]:
+            member.register_forward_pre_hook(lambda m, a, name=name: part.__setitem__(0, name))
     counted: set[int] = set()
     alive: list[torch.UntypedStorage] = []   # held, so that no counted storage's address is reused
 
@@ -98,13 +101,13 @@ def estimate(cfg: CfgNode, samples: int, num_classes: int = 171) -> dict[str, in
                               ("torch.utils.checkpoint.checkpoint", checkpoint_keeping_inputs)):
             stack.enter_context(unittest.mock.patch(target, value))
         stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        model.to("cuda")
+        model.to(CUDA)
         counted.update(p.untyped_storage()._cdata for p in model.parameters())   # counted above, in float32
-        batch = {m: torch.empty(samples, 3, *cfg.INPUT.SIZE_TRAIN, device="cuda") for m in model.modalities}
+        batch = {m: torch.empty(samples, 3, *cfg.INPUT.SIZE_TRAIN, device=CUDA) for m in model.modalities}
         k = cfg.DATALOADER.NUM_INSTANCE
-        pids = torch.arange(samples // k, device="cuda").repeat_interleave(k)
+        pids = torch.arange(samples // k, device=CUDA).repeat_interleave(k)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t))
-        stack.enter_context(autocast_context(torch.device("cuda"), cfg.SOLVER.AMP))
+        stack.enter_context(autocast_context(CUDA, cfg.SOLVER.AMP))
         outputs = model(batch)
         part[0] = "heads"
         make_loss(cfg, num_classes)(outputs, pids)
