@@ -42,8 +42,11 @@ _C.MODEL.SHARED_BACKBONE = True
 # person configs). The authors' configs call it MODEL.DIRECT, with the opposite meaning (DIRECT True = False
 # here); that name is accepted as an alias (config/authors.py).
 _C.MODEL.MODALITY_HEADS = False
-# True: soft-margin triplet loss log(1 + exp(d_ap - d_an)) (no margin to set); False: hinge loss
-# max(0, d_ap - d_an + SOLVER.MARGIN). The authors' name MODEL.NO_MARGIN is accepted as an alias.
+# Triplet loss on each head's pre-BN feature, batch-hard (per anchor the farthest positive d_ap and the
+# nearest negative d_an, Euclidean), averaged over anchors. True: soft margin log(1 + exp(d_ap - d_an)),
+# SOLVER.MARGIN unused (CLIP-ReID's TripletLoss() without margin, nn.SoftMarginLoss); False: hinge
+# max(0, d_ap - d_an + SOLVER.MARGIN), as all the authors' configs (NO_MARGIN: False). The authors' name
+# MODEL.NO_MARGIN is accepted as an alias.
 _C.MODEL.SOFT_MARGIN = False
 # Weight of every ID (label-smoothed cross-entropy) loss term.
 _C.MODEL.ID_LOSS_WEIGHT = 1.0
@@ -163,13 +166,23 @@ _C.SOLVER.MAX_EPOCHS = 40
 _C.SOLVER.IMS_PER_BATCH = 64
 # Triplet loss margin (ignored when MODEL.SOFT_MARGIN).
 _C.SOLVER.MARGIN = 0.8
-# Learning-rate schedule per epoch: "cosine" or "multistep".
+# Learning-rate schedule per epoch: "cosine" or "multistep". The defaults are the authors' schedule
+# (timm's CosineLRScheduler stepped with the epoch number before each epoch; docs/training.md).
 _C.SOLVER.SCHEDULER = "cosine"
-# Linear warm-up over WARMUP_EPOCHS epochs from WARMUP_FACTOR * BASE_LR.
+# Schedule time t of the first training epoch: epoch e (1-based) trains at the schedule's rate at
+# t = e - 1 + SCHEDULE_START. 1: the authors (epoch 1 is already one warm-up step in, epoch MAX_EPOCHS
+# trains at the cosine floor); 0: epoch 1 trains at the warm-up's start.
+_C.SOLVER.SCHEDULE_START = 1
+# Linear warm-up over t < WARMUP_EPOCHS, from WARMUP_FACTOR x the rate that WARMUP_FACTOR_OF names to each
+# group's rate: "base" is BASE_LR for every parameter group, biases included (the authors), "group" is
+# the group's own rate (biases then start from WARMUP_FACTOR x BASE_LR x BIAS_LR_FACTOR).
 _C.SOLVER.WARMUP_EPOCHS = 5
 _C.SOLVER.WARMUP_FACTOR = 0.01
-# Cosine: final learning rate as a fraction of BASE_LR.
-_C.SOLVER.COSINE_MIN_FACTOR = 0.002
+_C.SOLVER.WARMUP_FACTOR_OF = "base"
+# Cosine: the rate reaches COSINE_MIN_FACTOR x the rate that COSINE_MIN_FACTOR_OF names ("base" or
+# "group", as for the warm-up) at t = MAX_EPOCHS.
+_C.SOLVER.COSINE_MIN_FACTOR = 0.001
+_C.SOLVER.COSINE_MIN_FACTOR_OF = "base"
 # Multistep: epochs at which the learning rate is multiplied by GAMMA.
 _C.SOLVER.STEPS = [20, 50]
 _C.SOLVER.GAMMA = 0.1
@@ -180,8 +193,10 @@ _C.SOLVER.AMP = "off"
 _C.SOLVER.CHECKPOINT_PERIOD = 0
 # Log every N iterations.
 _C.SOLVER.LOG_PERIOD = 10
-# Evaluate on the test set every N epochs during training (0: only after the final epoch). Such
-# intermediate figures are chosen on the test set and are labelled so.
+# Evaluate on the test set every N epochs during training (0: only after the final epoch, the reported
+# result). The evaluated epoch of highest mAP (the final one included) goes into test_results.json as
+# "best_epoch_chosen_on_test_set", beside the final epoch: the authors' protocol (every epoch, every 10 on
+# Market-MM), chosen on the test set and labelled so.
 _C.SOLVER.EVAL_PERIOD = 0
 # Seed of every random generator (data order, augmentation, initialisation).
 _C.SOLVER.SEED = 42
@@ -214,7 +229,8 @@ _C.TEST.RE_RANKING_LAMBDA = 0.3
 # test set and the missing-modality sweep.
 _C.TEST.MODAL_BIAS = False
 # Queries per evaluation chunk: evaluation memory is about EVAL_CHUNK x gallery size x 4 bytes on CPU
-# (x 20 bytes on GPU), plus the features.
+# (x 20 bytes on GPU), plus the features and ~50 MB of float64 blocks for the distances. The figures do not
+# depend on it (README, Evaluation).
 _C.TEST.EVAL_CHUNK = 256
 
 # -----------------------------------------------------------------------------------------------------

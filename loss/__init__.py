@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode
 
-from .triplet import batch_hard_triplet
+from .triplet import at_least_float32, batch_hard_triplet
 
 __all__ = ["batch_hard_triplet", "make_loss", "reid_losses"]
 
@@ -31,7 +31,8 @@ def reid_losses(outputs: Mapping[str, Mapping[str, torch.Tensor]], pids: torch.T
         mining_pids = gather(pids)
     losses = {}
     for name, logits in outputs["logits"].items():
-        losses[f"id/{name}"] = id_weight * F.cross_entropy(logits.float(), pids, label_smoothing=label_smoothing)
+        losses[f"id/{name}"] = id_weight * F.cross_entropy(at_least_float32(logits), pids,
+                                                           label_smoothing=label_smoothing)
         losses[f"triplet/{name}"] = triplet_weight * batch_hard_triplet(features[name], mining_pids, margin)
     return losses
 

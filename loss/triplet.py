@@ -7,6 +7,11 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (autocast) as float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 @contextmanager
 def _no_tf32() -> Iterator[None]:
     """CUDA float32 matrix products in full float32 for the block, whatever the caller allowed (TF32 keeps 10
@@ -25,12 +30,13 @@ def batch_hard_triplet(features: torch.Tensor, pids: torch.Tensor, margin: float
     ``margin`` None gives the soft margin ``log(1 + exp(d_ap - d_an))``; else ``max(0, d_ap - d_an + m)``.
     Averaged over anchors.
 
-    Computed in float32 with autocast and TF32 off, whatever the caller's settings: the distances are small
-    differences of large squared norms (post-LayerNorm features share a large common component), which
-    half precision (and TF32's products) rounds away, and mining then picks the wrong positives and negatives.
+    Computed in float32 (float64 features stay float64) with autocast and TF32 off, whatever the caller's
+    settings: the distances are small differences of large squared norms (post-LayerNorm features share a
+    large common component), which half precision (and TF32's products) rounds away, and mining then picks
+    the wrong positives and negatives.
     """
     with torch.autocast(device_type=features.device.type, enabled=False), _no_tf32():
-        x = features.float()
+        x = at_least_float32(features)
         sq = x.pow(2).sum(1)
         dist = (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp(min=1e-12).sqrt()   # (B, B)
         same = pids[:, None] == pids[None, :]

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 FORMAT = "mhcf"  # the "format" entry of our checkpoints
 VERSION = 1
 OURS, RELEASED = "mhcf", "released"
-#: Entries of a ``last.pth`` that resume training (not needed to evaluate).
+#: Entries of a ``last.pth`` that resume training (not needed to evaluate), each a dict.
 TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+#: The best evaluation so far under SOLVER.EVAL_PERIOD (chosen on the test set): a dict, or None (optional).
+BEST_ON_TEST_KEY = "best_on_test"
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def read_checkpoint(path: str, what: str = "TEST.WEIGHT") -> Checkpoint:
             if raw.get(key) is not None and not isinstance(raw[key], kind):
                 raise UserError(f"{path}: its {key!r} entry is a {type(raw[key]).__name__}, not a {kind.__name__}")
         num_classes = _classifier_rows(state, "heads.ori.classifier.weight", path)
-        training = {k: raw[k] for k in TRAINING_KEYS if k in raw} or None
+        training = {k: raw[k] for k in (*TRAINING_KEYS, BEST_ON_TEST_KEY) if k in raw} or None
         return Checkpoint(path, OURS, state, num_classes, raw.get("config"), raw.get("epoch"), training)
     state = raw.get("state_dict", raw.get("model", raw))
     if isinstance(state, dict) and is_released_state_dict(state):

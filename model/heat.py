@@ -79,7 +79,7 @@ def stencil_norm(h: int, w: int, device: torch.device | str = "cpu") -> torch.Te
     ones = F.pad(torch.ones(h, w, dtype=torch.float64), (1, 1, 1, 1))
     total = sum(weights[di + 1][dj + 1] * ones[1 + di:1 + di + h, 1 + dj:1 + dj + w]
                 for di in (-1, 0, 1) for dj in (-1, 0, 1))
-    return (1.0 / (total + 1e-8)).to(device=device, dtype=torch.float32)[:, :, None]
+    return (1.0 / (total + 1e-8)).to(device=device)[:, :, None]  # float64, cast to the tokens' dtype at use
 
 
 def stencil_weights() -> list[list[float]]:

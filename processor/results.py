@@ -8,12 +8,17 @@ from utils.files import atomic_write_text
 from utils.metrics import RankResult
 from utils.modalities import NONE
 
-__all__ = ["METRICS", "RESULTS", "format_results", "results_path", "results_record", "write_results"]
+__all__ = ["BEST_ON_TEST", "METRICS", "RESULTS", "format_results", "results_path", "results_record",
+           "write_results"]
 
 #: The record of a run's evaluation, in its OUTPUT_DIR.
 RESULTS = "test_results.json"
 #: The figures of a record, in table order (percent).
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+#: Field of a training run's record with SOLVER.EVAL_PERIOD: the evaluated epoch of highest mAP (the final
+#: one included), ``{"epoch", figures}``, chosen on the test set -- the authors' protocol, not the result
+#: this repository reports (the record's top-level figures, the final epoch).
+BEST_ON_TEST = "best_epoch_chosen_on_test_set"
 
 
 def _average(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -21,12 +21,14 @@ from config.validate import resume_conflict
 from datasets import check_batch_split, make_dataset, make_train_loader
 from loss import make_loss
 from model import MHCF, Checkpoint, checkpoint_record, make_model, read_checkpoint
-from model.checkpoint import TRAINING_KEYS
+from model.checkpoint import BEST_ON_TEST_KEY, TRAINING_KEYS
 from solver import make_optimizer, make_scheduler
 from utils.errors import UserError
 from utils.files import atomic_save, atomic_write_text
 from utils.flops import format_costs, model_costs
 from utils.logger import open_held_log_file, setup_logging
+from utils.metrics import RankResult
+from utils.modalities import NONE
 
 from .cli import Terminated, log_mapped_settings
 from .device import BatchToDevice, autocast_context, prepare_model, tf32
@@ -43,7 +45,7 @@ from .distributed import (
 )
 from .evaluation import evaluation_features, score_features
 from .modal_bias import analyse_modal_bias, log_modal_bias
-from .results import format_results, results_record, write_results
+from .results import BEST_ON_TEST, METRICS, format_results, results_record, write_results
 from .state import device_rng_state, remove_stale_temporaries, rng_state, set_rng_state
 
 __all__ = ["Trainer", "parameter_summary", "seed_everything", "train"]
@@ -104,9 +106,10 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.SOLVER.AMP == "fp16")
+        # SOLVER.EVAL_PERIOD: the best evaluation so far, {"epoch", figures in percent}, chosen on the test set
+        self.best: dict | None = None
         self.start_epoch = self._restore(resume) if resume is not None else 0
         self.saved_epoch = self.start_epoch  # the epoch last.pth holds (0: none yet)
-        self.best: tuple[int, float] | None = None  # (epoch, mAP) of SOLVER.EVAL_PERIOD, chosen on the test set
         self.train_model = self._wrap(self.model)
         self.loader = make_train_loader(cfg, self.dataset, info.rank, info.world_size,
                                         pin_memory=self.device.type == "cuda")
@@ -175,6 +178,7 @@ class Trainer:
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{self.last_path}: its training state does not fit this run ({reason})") from None
+        self.best = training.get(BEST_ON_TEST_KEY)
         logger.info("resumed from %s after epoch %d", self.last_path, checkpoint.epoch)
         return int(checkpoint.epoch)
 
@@ -188,7 +192,8 @@ class Trainer:
     def _save_last(self, epoch: int, device_states: list[torch.Tensor] | None) -> None:
         state = checkpoint_record(self.model, self.num_classes, self.cfg.dump(), epoch)
         state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                     scaler=self.scaler.state_dict(), rng=rng_state(device_states))
+                     scaler=self.scaler.state_dict(), rng=rng_state(device_states),
+                     **{BEST_ON_TEST_KEY: self.best})
         atomic_save(state, self.last_path)
         self.saved_epoch = epoch
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD
@@ -205,11 +210,11 @@ class Trainer:
             for epoch in range(self.start_epoch + 1, max_epochs + 1):
                 self.train_epoch(epoch)
                 self.scheduler.step()
+                period = cfg.SOLVER.EVAL_PERIOD
+                if period and epoch % period == 0 and epoch < max_epochs:   # before last.pth, which keeps the best
+                    self._evaluate(epoch, progress=False, then=self._log_intermediate)
                 device_states = self._device_rng_states()
                 run_on_main(info, lambda epoch=epoch, states=device_states: self._save_last(epoch, states))
-                period = cfg.SOLVER.EVAL_PERIOD
-                if period and epoch % period == 0 and epoch < max_epochs:
-                    self._evaluate(epoch, progress=False, then=self._log_intermediate)
             if info.distributed:
                 differing = differing_replicas(self.model, info)
                 if differing:
@@ -226,13 +231,19 @@ class Trainer:
             raise
 
     def _log_intermediate(self, epoch: int, results: dict) -> None:
-        """Main process: an evaluation of SOLVER.EVAL_PERIOD, logged with the best so far."""
-        result = results["none"]
-        if self.best is None or result.mAP > self.best[1]:
-            self.best = (epoch, result.mAP)
+        """Main process: an evaluation of SOLVER.EVAL_PERIOD, kept if the best so far and logged with it."""
+        figures = self._keep_best(epoch, results[NONE])
         logger.info("epoch %d: mAP %.1f%% (evaluated on the test set; best so far epoch %d, %.1f%% -- "
-                    "chosen on the test set, not a reportable result)", epoch, 100 * result.mAP,
-                    self.best[0], 100 * self.best[1])
+                    "chosen on the test set, not a reportable result)", epoch, figures["mAP"],
+                    self.best["epoch"], self.best["mAP"])
+
+    def _keep_best(self, epoch: int, result: RankResult) -> dict[str, float]:
+        """Keep ``result`` of ``epoch`` as the best evaluation when its mAP is at least the best's (a tie goes
+        to the later epoch, as in the authors' code); returns its figures (percent)."""
+        figures = result.as_percent()
+        if self.best is None or figures["mAP"] >= self.best["mAP"]:
+            self.best = {"epoch": epoch, **figures}
+        return figures
 
     def _save_final(self, final: str) -> None:
         atomic_save(checkpoint_record(self.model, self.num_classes, self.cfg.dump(), self.cfg.SOLVER.MAX_EPOCHS),
@@ -240,14 +251,21 @@ class Trainer:
         logger.info("saved %s", final)
 
     def _finish(self, results: dict, final: str) -> dict:
-        """Main process: the final epoch's results (the reported result) logged and written."""
+        """Main process: the final epoch's results (the reported result) logged and written, with the best
+        epoch chosen on the test set when SOLVER.EVAL_PERIOD evaluated others."""
         cfg, max_epochs = self.cfg, self.cfg.SOLVER.MAX_EPOCHS
-        record = results_record(results, "none", {"command": "train.py", "dataset": self.dataset.name,
-                                                  "weight": final, "epoch": max_epochs,
-                                                  "modalities": list(cfg.MODEL.MODALITIES),
-                                                  "re_ranking": cfg.TEST.RE_RANKING})
+        record = results_record(results, NONE, {"command": "train.py", "dataset": self.dataset.name,
+                                                "weight": final, "epoch": max_epochs,
+                                                "modalities": list(cfg.MODEL.MODALITIES),
+                                                "re_ranking": cfg.TEST.RE_RANKING})
         logger.info("final epoch %d on %s (the reported result):\n%s", max_epochs, self.dataset.name,
                     format_results(results))
+        if cfg.SOLVER.EVAL_PERIOD:
+            self._keep_best(max_epochs, results[NONE])
+            record[BEST_ON_TEST] = self.best
+            logger.info("best epoch chosen on the test set (the authors' protocol, not the reported result): "
+                        "epoch %d, %s", self.best["epoch"],
+                        ", ".join(f"{k} {self.best[k]:.1f}" for k in METRICS))
         logger.info("wrote %s", write_results(self.out, record))
         self.writer.close()
         return record
@@ -261,7 +279,7 @@ class Trainer:
 
         def score():
             results = score_features(self.cfg, self.dataset, features, self.device)
-            for key, value in results["none"].as_percent().items():
+            for key, value in results[NONE].as_percent().items():
                 self.writer.add_scalar(f"eval/{key}", value, epoch)
             if self.cfg.TEST.MODAL_BIAS:
                 report = analyse_modal_bias(self.cfg, self.model, self.dataset, self.device, progress=progress)

@@ -80,9 +80,10 @@ class VisionTransformer(nn.Module):
         return layers, x, x @ self.proj
 
 
-def dense_adjacency(h: int, w: int) -> torch.Tensor:
-    """The released N x N adjacency: 8 neighbours weighted 1 / distance, rows divided by (sum + 1e-8)."""
-    adj = torch.zeros(h * w, h * w)
+def dense_adjacency(h: int, w: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The released N x N adjacency: 8 neighbours weighted 1 / distance, rows divided by (sum + 1e-8); in
+    ``dtype`` from the start (float32 as the released buffer, float64 for exact comparisons)."""
+    adj = torch.zeros(h * w, h * w, dtype=dtype)
     for i in range(h):
         for j in range(w):
             for di in (-1, 0, 1):

@@ -48,10 +48,56 @@ def protocol_masks(q_pids, g_pids, q_camids, g_camids, q_sceneids, g_sceneids, x
     return valid, same_pid & valid
 
 
+#: Bytes of one float64 block of gallery features (bounds the extra memory of the distances).
+_BLOCK_BYTES = 2**22
+
+
+def _centred_blocks(gf: torch.Tensor, centre: torch.Tensor):
+    """``(start, gf[start:stop] - centre)`` in float64 over blocks of about ``_BLOCK_BYTES``, on the centre's
+    device."""
+    step = max(_BLOCK_BYTES // (8 * max(gf.shape[1], 1)), 1)
+    for start in range(0, len(gf), step):
+        yield start, torch.sub(gf[start:start + step].to(centre.device), centre)
+
+
+def gallery_centre(gf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The point :func:`sq_distances` measures from, the mean gallery feature (D,), and the gallery's
+    squared norms (G,) about it; float64, block by block (no float64 copy of the gallery)."""
+    zero = torch.zeros(gf.shape[1], dtype=torch.float64, device=gf.device)
+    centre = sum((g.sum(0) for _, g in _centred_blocks(gf, zero)), zero) / max(len(gf), 1)
+    g_sq = torch.empty(len(gf), dtype=torch.float64, device=gf.device)
+    for start, g in _centred_blocks(gf, centre):
+        g_sq[start:start + len(g)] = g.pow(2).sum(1)
+    return centre, g_sq
+
+
+def sq_distances(qf: torch.Tensor, gf: torch.Tensor, centre: torch.Tensor, g_sq: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances (Q, G) as float32, computed in float64 from ``qf - centre`` and
+    ``gf - centre`` (``centre, g_sq = gallery_centre(gf)``).
+
+    Why: test features can be almost collinear (pairwise cosine >= 0.9999, squared distances ~1e-5);
+    ``|q|^2 + |g|^2 - 2 q.g`` in float32 then cancels nearly every digit, and the blocking of the matrix
+    product (query chunk, batch size) decides the ranks. Distances do not change when one vector is
+    subtracted from all features; after centring, the terms are of the size of the distances, and in
+    float64 the products of float32 inputs are exact and the sums carry ~1e-16 relative error. So the
+    float32 result is the correctly rounded distance of the features, whatever the chunking (but for a
+    ~1e-9 chance per pair that the float64 error straddles a float32 rounding boundary). The gallery is
+    converted in blocks of ``_BLOCK_BYTES``, so the extra memory stays small.
+    """
+    out = torch.empty(len(qf), len(gf), device=qf.device) if out is None else out
+    q = torch.sub(qf, centre)                                                                   # (Q, D)
+    q_sq = q.pow(2).sum(1, keepdim=True)                                                        # (Q, 1)
+    for start, g in _centred_blocks(gf, centre):                                                # (b, D)
+        block = torch.addmm(g_sq[None, start:start + len(g)], q, g.t(), alpha=-2)               # (Q, b)
+        out[:, start:start + len(g)].copy_(block.add_(q_sq))
+    return out
+
+
 def pairwise_sq_distances(qf: torch.Tensor, gf: torch.Tensor) -> torch.Tensor:
-    """Full query x gallery squared Euclidean distances (Q, G), for small sets (tools, visualisation)."""
-    qf, gf = qf.float(), gf.float()
-    return qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1)[None, :] - 2 * qf @ gf.t()
+    """Full query x gallery squared Euclidean distances (Q, G), float32, for small sets (tools,
+    visualisation): the same values as :func:`evaluate_features` ranks by."""
+    return sq_distances(qf, gf, *gallery_centre(gf))
 
 
 def _summarise(ap_sum: float, inp_sum: float, cmc_counts: np.ndarray, num_valid: int) -> RankResult:
@@ -188,7 +234,9 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     """The same figures as :func:`evaluate_rank` on squared Euclidean distances of features (for
     L2-normalised features that is ``2 - 2 cos``), in memory bounded by ``chunk_size`` x gallery size.
 
-    Per chunk of queries: distances by one matrix product; then the ranks of the positives
+    Per chunk of queries: distances by matrix products of centred features in float64
+    (:func:`sq_distances`: the ranks do not depend on the chunk size, even for near-collinear
+    features); then the ranks of the positives
     (:func:`_positive_ranks`): (distance, index) pairs become plain integer keys, the negatives' keys
     are sorted (on CPU only those not farther than the query's farthest positive), no argsort, and each
     positive is located among them by binary search. The gallery items of a query's identity come from
@@ -199,7 +247,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
     if not all(torch.isfinite(v) for x in (qf, gf) if x.numel() for v in torch.aminmax(x)):
         raise ValueError("features hold NaN or infinite values")
     gf = gf.to(device=device, dtype=torch.float32)
-    g_sq = gf.pow(2).sum(1)
+    centre, g_sq = gallery_centre(gf)
 
     def as_tensor(values):
         return torch.as_tensor(np.asarray(values), device=device)
@@ -233,9 +281,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_cami
         if len(rows) == 0:
             continue
         q = qf[rows.to(qf.device)].to(device=device, dtype=torch.float32)
-        dist = dist_buffer[:len(rows)]
-        torch.add(q.pow(2).sum(1, keepdim=True), g_sq[None, :], out=dist)
-        dist.addmm_(q, gf.t(), alpha=-2)                                                        # (Q, G)
+        dist = sq_distances(q, gf, centre, g_sq, out=dist_buffer[:len(rows)])                   # (Q, G)
         ranks = _positive_ranks(dist, same, positive)                                           # (Q, W)
         num_pos = positive.sum(1)
         j = torch.arange(1, ranks.shape[1] + 1, device=device, dtype=torch.float64)[None, :]

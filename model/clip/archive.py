@@ -75,9 +75,12 @@ class _TensorUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not tensor data")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        # ("storage", type, key, location, numel); older TorchScript writers append a sixth entry, the view
+        # metadata of torch's legacy format, always None in their archives (torch.jit.load accepts both)
+        if not (isinstance(pid, tuple) and pid[:1] == ("storage",)
+                and (len(pid) == 5 or (len(pid) == 6 and pid[5] is None))):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        _, dtype, key, _location, numel = pid
+        _, dtype, key, _location, numel = pid[:5]
         if not isinstance(dtype, torch.dtype):
             raise pickle.UnpicklingError(f"unexpected storage type {dtype!r}")
         if key not in self.storages:

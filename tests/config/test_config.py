@@ -42,15 +42,27 @@ def test_the_authors_key_names_are_aliases(tmp_path):
         load_config(None, ["MODEL.DIRECT", "maybe"])
 
 
-def test_benchmark_recipes():
+@pytest.mark.parametrize("file, diffusion", [("MHCF.yml", "dct"), ("MHCF_released.yml", "stencil")])
+def test_benchmark_recipes(file, diffusion):
+    """The authors' recipe (docs/training.md) in both configs of every benchmark; MHCF_released.yml with their
+    operator and their evaluation period (every epoch, every 10 on Market-MM)."""
     persons = {"RGBNT201": (0.4, 0.8), "Market-MM": (0.5, 0.5)}
     vehicles = {"RGBNT100": (0.5, 0.8), "MSVR310": (0.0, 0.5)}
     for name, (re_prob, margin) in {**persons, **vehicles}.items():
-        cfg = load_config(os.path.join(REPO, "configs", name, "MHCF.yml"))
-        assert re_prob == cfg.INPUT.RE_PROB and margin == cfg.SOLVER.MARGIN
-        assert ([256, 128] if name in persons else [128, 256]) == cfg.INPUT.SIZE_TRAIN
+        cfg = load_config(os.path.join(REPO, "configs", name, file))
+        assert re_prob == cfg.INPUT.RE_PROB and margin == cfg.SOLVER.MARGIN and cfg.MODEL.SOFT_MARGIN is False
+        assert ([256, 128] if name in persons else [128, 256]) == cfg.INPUT.SIZE_TRAIN == cfg.INPUT.SIZE_TEST
         assert cfg.MODEL.MODALITY_HEADS is (name not in persons)
-        assert cfg.SOLVER.BASE_LR == 3.5e-5 and cfg.SOLVER.MAX_EPOCHS == 40 and cfg.SOLVER.IMS_PER_BATCH == 64
+        assert diffusion == cfg.MODEL.HEAT.DIFFUSION and cfg.MODEL.HEAT.NUM_CYCLES == 3
+        assert (0 if diffusion == "dct" else 10 if name == "Market-MM" else 1) == cfg.SOLVER.EVAL_PERIOD
+        s = cfg.SOLVER
+        assert (s.OPTIMIZER_NAME, s.BASE_LR, s.BIAS_LR_FACTOR, s.WEIGHT_DECAY, s.WEIGHT_DECAY_BIAS) == (
+            "Adam", 3.5e-5, 2.0, 1e-4, 1e-4)
+        assert (s.SCHEDULER, s.MAX_EPOCHS, s.SCHEDULE_START, s.WARMUP_EPOCHS, s.WARMUP_FACTOR, s.WARMUP_FACTOR_OF,
+                s.COSINE_MIN_FACTOR, s.COSINE_MIN_FACTOR_OF) == ("cosine", 40, 1, 5, 0.01, "base", 0.001, "base")
+        assert (s.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, s.AMP, s.SEED) == (64, 8, "fp16", 42)
+        assert (cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD) == (
+            0.5, 10, [0.5] * 3, [0.5] * 3)
         assert cfg.MODEL.PRETRAIN_PATH == "openai" and cfg.MODEL.NAME == "ViT-B-16"
 
 

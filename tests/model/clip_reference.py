@@ -77,15 +77,15 @@ class VisionTransformer(nn.Module):
 
     def positions(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """Position embeddings for an ``H x W`` patch grid: CLIP-ReID's ``resize_pos_embed`` applied to the
-        embeddings stored in ``dtype`` (bilinear, default align_corners and antialias)."""
+        embeddings stored in ``dtype`` (bilinear, default align_corners and antialias), in the module's dtype."""
         pos = self.positional_embedding.to(dtype)
         if pos.shape[0] - 1 == grid[0] * grid[1]:  # already at the ReID grid (the released checkpoints)
-            return pos.float()
+            return pos.to(self.class_embedding.dtype)
         side = math.isqrt(pos.shape[0] - 1)
         old = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         new = F.interpolate(old, size=tuple(grid), mode="bilinear")
         new = new.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        return torch.cat([pos[:1], new]).float()
+        return torch.cat([pos[:1], new]).to(self.class_embedding.dtype)
 
     def forward(self, x: torch.Tensor, stored_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         x = self.conv1(x)                                                         # (B, W, H/p, W/p)

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -65,6 +66,39 @@ def test_torchscript_reader_returns_every_tensor(openai_files):
     expected = clip.state_dict()
     assert state.keys() == expected.keys()
     assert all(state[k].dtype == torch.float16 and torch.equal(state[k].float(), expected[k]) for k in expected)
+
+
+def _with_sixth_entry(src: str, dst: str, entry: bytes = pickle.NONE) -> None:
+    """``src`` rewritten as older TorchScript writers store it: every storage's persistent id ("storage",
+    type, key, location, numel) gets a sixth entry (pickle opcode ``entry``, None by default) before the
+    tuple closes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/data.pkl"):
+                ops = list(pickletools.genops(data))
+                ends = [pos for (op, _, pos), (following, _, _) in zip(ops, ops[1:])
+                        if op.name == "TUPLE" and following.name == "BINPERSID"]
+                assert ends
+                for pos in reversed(ends):
+                    data = data[:pos] + entry + data[pos:]
+            zout.writestr(info, data)
+
+
+def test_torchscript_reader_accepts_a_sixth_none_in_persistent_ids(openai_files, tmp_path):
+    _, _, archive_path = openai_files
+    older = str(tmp_path / "older.pt")
+    _with_sixth_entry(archive_path, older)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load is deprecated
+        torch.jit.load(older)            # TorchScript itself reads this form
+    expected, state = read_openai_state_dict(archive_path), read_openai_state_dict(older)
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+    # anything else in the sixth place (a view of a storage) is refused, as any unexpected id
+    other = str(tmp_path / "view.pt")
+    _with_sixth_entry(archive_path, other, entry=pickle.NEWTRUE)
+    with pytest.raises(UserError, match="view.pt"):
+        read_openai_state_dict(other)
 
 
 class _Touch:

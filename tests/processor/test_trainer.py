@@ -88,6 +88,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_root, tmp_path, work
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     # and the resumed run did train: its weights moved away from the first epoch's
     assert not torch.equal(first.state["heads.ori.classifier.weight"], resumed["heads.ori.classifier.weight"])
+    # the best epoch chosen on the test set survives the interruption (epoch 1's evaluation is in last.pth)
+    records = []
+    for folder in (full.OUTPUT_DIR, killed_dir):
+        with open(os.path.join(folder, "test_results.json")) as f:
+            records.append(json.load(f).get("best_epoch_chosen_on_test_set"))
+    assert records[0] == records[1] and (records[0] is None) == (eval_period == 0)
+    assert (first.training["best_on_test"] is None) == (eval_period == 0)
 
 
 def _config_file(tmp_path, cfg) -> str:
@@ -149,8 +156,10 @@ def test_run_artifacts_and_tensorboard(trained_run):
     assert not [f for f in files if f.endswith(".tmp")]              # the stale temporary was removed
     cfg = load_config(os.path.join(out, "config.yaml"))
     last = read_checkpoint(os.path.join(out, "last.pth"))
-    assert set(last.training) == {"optimizer", "scheduler", "scaler", "rng"} and last.config == cfg.dump()
+    assert set(last.training) == {"optimizer", "scheduler", "scaler", "rng", "best_on_test"}
+    assert last.config == cfg.dump()
     assert set(last.training["rng"]) >= {"python", "numpy", "torch"} and last.epoch == 2
+    assert last.training["best_on_test"]["epoch"] == 1      # epoch 2's evaluation is the final one, after
     assert read_checkpoint(os.path.join(out, "model_epoch001.pth")).epoch == 1
     with open(os.path.join(out, "test_results.json")) as f:
         record = json.load(f)
@@ -172,6 +181,14 @@ def test_run_artifacts_and_tensorboard(trained_run):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("eval/mAP")] == [1, 2]
     assert events.Scalars("eval/mAP")[-1].value == pytest.approx(record["mAP"], rel=1e-5)
+    # SOLVER.EVAL_PERIOD: the evaluated epoch of highest mAP (a tie to the later one), labelled, beside the final
+    maps = {e.step: e.value for e in events.Scalars("eval/mAP")}
+    best = record["best_epoch_chosen_on_test_set"]
+    assert best["epoch"] == (2 if maps[2] >= maps[1] else 1)
+    assert best["mAP"] == pytest.approx(maps[best["epoch"]], rel=1e-5)
+    assert set(best) == {"epoch", "mAP", "mINP", "Rank-1", "Rank-5", "Rank-10"}
+    if best["epoch"] == 2:
+        assert {k: best[k] for k in best if k != "epoch"} == {k: record[k] for k in best if k != "epoch"}
 
 
 def test_fp16_restores_a_checkpoint_without_gradient_scale(trained_run, tmp_path, restore_logging):

@@ -1,10 +1,13 @@
-"""mAP / CMC / mINP: a hand-computed case, a pure-Python oracle, and the chunked evaluator against the
-full-matrix one on random data (both protocols, ties, chunk sizes that do not divide the query count)."""
+"""mAP / CMC / mINP: a hand-computed case, a pure-Python oracle, the chunked evaluator against the
+full-matrix one on random data (both protocols, ties, chunk sizes that do not divide the query count), and
+near-collinear features, where neither the query chunk nor the feature batch size may change a rank."""
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from utils import metrics
 from utils.metrics import (
     _negatives_before_rows,
     _negatives_before_sorted,
@@ -12,6 +15,7 @@ from utils.metrics import (
     _order_keys_np,
     evaluate_features,
     evaluate_rank,
+    pairwise_sq_distances,
 )
 
 
@@ -170,3 +174,69 @@ def test_cpu_row_path_equals_the_whole_sort_path():
 def test_non_finite_features_are_rejected():
     with pytest.raises(ValueError, match="NaN"):
         evaluate_features(torch.tensor([[float("nan")]]), torch.zeros(2, 1), [0], [0, 1], [0], [1, 1])
+
+
+def _near_collinear_network(seed: int = 140, ids: int = 8, per: int = 6, d_in: int = 8, dim: int = 768):
+    """A one-layer float64 "network" (inputs (N, d_in), weights (d_in, dim)) whose L2-normalised outputs
+    are almost collinear (cosine >= 0.99995, squared distances ~1e-5), with identities and 3 cameras."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.randn(d_in, dim, generator=gen, dtype=torch.float64) / d_in ** 0.5
+    common = torch.randn(d_in, generator=gen, dtype=torch.float64)
+    centres = torch.randn(ids, d_in, generator=gen, dtype=torch.float64)
+    noise = torch.randn(ids * per, d_in, generator=gen, dtype=torch.float64)
+    inputs = common + 2e-3 * (centres.repeat_interleave(per, 0) + 1.5 * noise)
+    pids = np.repeat(np.arange(ids), per)
+    return inputs, weights, pids, np.tile(np.arange(per), ids) % 3
+
+
+def test_near_collinear_ranks_do_not_depend_on_chunk_or_batch_size():
+    """Features of a float32 network run with batch sizes 1, 7 and 256 (its float32 rounding differs with
+    the blocking of the matrix product), evaluated with query chunks of 1, 7 and 256: every figure equals
+    the float64 reference. The data keep every query's sorted distances >= 5e-4 apart (relative), far above
+    what float32 rounding of the features moves them (~1e-5); the former float32 |q|^2 + |g|^2 - 2 q.g
+    cancels ~1e-7 of 1 and gets them wrong."""
+    inputs, weights, pids, cams = _near_collinear_network()
+    q, g = np.arange(0, len(pids), 3), np.setdiff1d(np.arange(len(pids)), np.arange(0, len(pids), 3))
+    meta = {"q_pids": pids[q], "g_pids": pids[g], "q_camids": cams[q], "g_camids": cams[g]}
+    exact = F.normalize(inputs @ weights, dim=1)                                         # float64
+    assert (exact @ exact.t()).min() >= 0.99995
+    exact_dist = torch.cdist(exact[q], exact[g]) ** 2                                    # (Q, G)
+    ordered = exact_dist.sort(1).values
+    assert (ordered.diff(dim=1) / ordered[:, 1:]).min() >= 5e-4
+    reference = evaluate_rank(exact_dist.numpy(), **meta)
+    assert 0.3 < reference.mAP < 0.7 and reference.num_valid == len(q)
+
+    x32, w32 = inputs.float(), weights.float()
+    naive_maps = set()
+    for batch in (1, 7, 256):
+        feats = F.normalize(torch.cat([x32[i:i + batch] @ w32 for i in range(0, len(x32), batch)]), dim=1)
+        qf, gf = feats[q], feats[g]
+        exact_of_these = torch.cdist(qf.double(), gf.double()) ** 2
+        torch.testing.assert_close(pairwise_sq_distances(qf, gf).double(), exact_of_these, rtol=1e-6, atol=0)
+        assert ((exact_of_these - exact_dist).abs() / exact_dist).max() < 5e-5      # the features' own rounding
+        for chunk in (1, 7, 256):
+            result = evaluate_features(qf, gf, **meta, chunk_size=chunk)
+            assert result.mAP == pytest.approx(reference.mAP, abs=1e-12), (batch, chunk)
+            assert result.mINP == pytest.approx(reference.mINP, abs=1e-12), (batch, chunk)
+            np.testing.assert_array_equal(result.cmc, reference.cmc)
+        naive = qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1) - 2 * qf @ gf.t()
+        naive_maps.add(evaluate_rank(naive.numpy(), **meta).mAP)
+    assert min(abs(m - reference.mAP) for m in naive_maps) > 1e-3       # the test sees the cancellation
+
+
+def test_distances_do_not_depend_on_the_gallery_blocks(monkeypatch):
+    """The gallery goes through the float64 products in blocks of utils.metrics._BLOCK_BYTES; whatever their
+    size (1, 4 rows, all), the centre is the gallery mean and the distances are the same float32 values, the
+    exact ones rounded."""
+    gen = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(7, 16, generator=gen) + 5, torch.randn(23, 16, generator=gen) + 5
+    exact = torch.cdist(qf.double(), gf.double()) ** 2
+    results = []
+    for rows in (1, 4, 100):
+        monkeypatch.setattr(metrics, "_BLOCK_BYTES", 8 * 16 * rows)
+        centre, g_sq = metrics.gallery_centre(gf)
+        torch.testing.assert_close(centre, gf.double().mean(0), rtol=1e-14, atol=0)
+        torch.testing.assert_close(g_sq, (gf.double() - centre).pow(2).sum(1), rtol=1e-14, atol=0)
+        results.append(pairwise_sq_distances(qf, gf))
+        torch.testing.assert_close(results[-1].double(), exact, rtol=1e-7, atol=0)
+    assert all(torch.equal(r, results[0]) for r in results)
