@@ -12,20 +12,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Ten "training steps", each allocating, writing and freeing buffers of 1-19 MiB (82 MiB in all), after
-# three warm-up steps; prints the minor page faults of the ten and whether the tuning was applied. Mode
-# "eager" first sets glibc, in-process, to return free memory to the kernel at once (its default behaviour
-# at its worst, made deterministic); "+tune" then calls tune_glibc_malloc.
+# Ten "training steps", each allocating, writing and freeing buffers of 1-19 MiB (82 MiB in all) with glibc's
+# malloc (as PyTorch's CPU allocator does), after three warm-up steps; prints the minor page faults of the ten
+# and whether the tuning was applied. Mode "eager" first sets glibc, in-process, to return free memory to the
+# kernel at once (its default behaviour at its worst, made deterministic); "+tune" then calls
+# tune_glibc_malloc. accel/allocator.py is loaded on its own (it needs only the standard library), so the
+# probe does not pay for importing torch.
 PROBE = """
-import ctypes, json, resource, sys
-import torch
-from accel.allocator import M_TRIM_THRESHOLD, tune_glibc_malloc
+import ctypes, importlib.util, json, resource, sys
+spec = importlib.util.spec_from_file_location("allocator", "accel/allocator.py")
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1].startswith("eager"):
-    ctypes.CDLL(None).mallopt(M_TRIM_THRESHOLD, 0)
-applied = tune_glibc_malloc() if sys.argv[1].endswith("tune") else None
+    libc.mallopt(allocator.M_TRIM_THRESHOLD, 0)
+applied = allocator.tune_glibc_malloc() if sys.argv[1].endswith("tune") else None
 def step():
-    held = [torch.ones(mib << 18) for mib in (1, 3, 6, 12, 19, 1, 3, 6, 12, 19)]
-    del held
+    held = [libc.malloc(mib << 20) for mib in (1, 3, 6, 12, 19, 1, 3, 6, 12, 19)]
+    for pointer, mib in zip(held, (1, 3, 6, 12, 19, 1, 3, 6, 12, 19)):
+        ctypes.memset(pointer, 1, mib << 20)
+    for pointer in held:
+        libc.free(pointer)
 for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
