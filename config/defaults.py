@@ -56,10 +56,18 @@ _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
 _C.MODEL.LABEL_SMOOTHING = 0.1
 # Stochastic depth rate of the backbone blocks (0 disables it).
 _C.MODEL.DROP_PATH = 0.0
-# Recompute backbone activations in the backward pass (saves memory for large batches, costs ~30% time).
+# Recompute the activations of the backbone blocks and of every heat conduction operator in the backward pass
+# instead of keeping them (saves most of the activation memory for large batches, costs ~30% time).
 _C.MODEL.GRAD_CKPT = False
-# Convert BatchNorm layers to SyncBatchNorm under distributed training.
+# Under torchrun on GPUs: convert the BNNeck batch norms to SyncBatchNorm, whose statistics are those of the
+# global batch (then every loss term is the one of a single process on that batch); False: each process
+# normalises with the statistics of its own share. Triplet mining always spans the global batch.
 _C.MODEL.SYNC_BN = False
+# On CUDA GPUs (Ampere and later): run the training step's float32 matrix products and convolutions in TF32
+# (10-bit mantissa, several times faster; with SOLVER.AMP off, and the few float32 products left under
+# autocast). False keeps full float32. The triplet mining's distances and evaluation always compute in full
+# float32.
+_C.MODEL.TF32 = False
 # Wrap the training model with torch.compile (PyTorch 2 graph compiler; the first iterations compile).
 _C.MODEL.COMPILE = False
 # On CPU in float32: run the linear layers, the CLIP MLPs and the ViT's attention through oneDNN
@@ -76,7 +84,8 @@ _C.MODEL.HEAT.DIFFUSION = "dct"
 # Order of the modality cycle: edges ORDER[0]->ORDER[1]->...->ORDER[-1]->ORDER[0] (a permutation of
 # MODEL.MODALITIES).
 _C.MODEL.HEAT.ORDER = ["RGB", "NI", "TI"]
-# Number of heat cycles (the paper uses 3).
+# Number of heat cycles (the paper uses 3). 0 is the "no heat" ablation, the concatenation baseline: no
+# operator is built, heat_cls is then the backbone class tokens (as ori) and heat_pat their patch-token means.
 _C.MODEL.HEAT.NUM_CYCLES = 3
 # True: one operator's weights serve every edge and cycle (the authors' code). False: one operator per edge
 # and cycle (NUM_CYCLES x the number of modalities operators).

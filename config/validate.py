@@ -160,9 +160,10 @@ RULES: dict[str, Rule] = {
     "MODEL.SYNC_BN": Rule(anything, RUN),
     "MODEL.COMPILE": Rule(anything, RUN),
     "MODEL.ONEDNN": Rule(anything, RUN),
+    "MODEL.TF32": Rule(anything, RUN),
     "MODEL.HEAT.DIFFUSION": Rule(one_of("dct", "stencil"), MODEL),
     "MODEL.HEAT.ORDER": Rule(anything, MODEL),  # a permutation of MODEL.MODALITIES (CROSS_RULES)
-    "MODEL.HEAT.NUM_CYCLES": Rule(at_least(1), MODEL),
+    "MODEL.HEAT.NUM_CYCLES": Rule(at_least(0), MODEL),   # 0: the "no heat" ablation
     "MODEL.HEAT.SHARE_OPERATOR": Rule(anything, MODEL),
     "MODEL.HEAT.ALPHA": Rule(finite, TRAINING),
     "MODEL.HEAT.BETA": Rule(finite, TRAINING),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from utils.errors import UserError
 
 from .bases import IMAGE_EXTENSIONS, MultiModalDataset, Sample, read_image
-from .loader import TransformedSamples, make_test_loader, make_train_loader
+from .loader import TransformedSamples, check_batch_split, make_test_loader, make_train_loader, train_transform
 from .market_mm import MarketMM
 from .msvr310 import MSVR310
 from .rgbnt100 import RGBNT100
@@ -19,7 +19,8 @@ DATASETS: dict[str, type[MultiModalDataset]] = {
 }
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "MultiModalDataset", "Sample", "TransformedSamples", "build_image_transform",
-           "make_dataset", "make_test_loader", "make_train_loader", "read_image"]
+           "check_batch_split", "make_dataset", "make_test_loader", "make_train_loader", "read_image",
+           "train_transform"]
 
 
 def make_dataset(name: str, root: str, modalities: Sequence[str] | None = None) -> MultiModalDataset:

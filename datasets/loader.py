@@ -38,7 +38,8 @@ def _seeded(seed: int):
 
 
 class TransformedSamples(Dataset):
-    """Items are dicts ``{modality: 3xHxW tensor, "pid", "camid", "sceneid", "index"}``.
+    """Items are dicts ``{modality: 3xHxW uint8 tensor, "pid", "camid", "sceneid", "index"}``, plus ``"erase":
+    {modality: box}`` when the transform erases (training; :mod:`datasets.transforms`).
 
     Indexed by an int, or by ``(index, seed)`` pairs from :class:`IdentitySampler` (seeded augmentation), or
     ``(index, seed, {modality: present})`` when training for missing modalities: the item carries the
@@ -85,23 +86,35 @@ def _loader_kwargs(cfg: CfgNode, pin_memory: bool) -> dict:
             "generator": torch.Generator().manual_seed(cfg.SOLVER.SEED)}
 
 
+def train_transform(cfg: CfgNode) -> MultiModalTransform:
+    """The training transform of every modality (the device finishes it: :class:`processor.device.BatchToDevice`)."""
+    transform = build_image_transform(True, cfg.INPUT.SIZE_TRAIN, flip_prob=cfg.INPUT.FLIP_PROB,
+                                      padding=cfg.INPUT.PADDING)
+    return MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG, erase_prob=cfg.INPUT.RE_PROB)
+
+
+def check_batch_split(cfg: CfgNode, world_size: int) -> None:
+    """UserError unless the P identities of a batch split evenly over ``world_size`` processes, at least 2
+    each (a process's batch norms and ID losses see its identities only)."""
+    batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
+    identities = batch_size // instances
+    if identities % world_size or identities < 2 * world_size:
+        raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {batch_size} / {instances} = {identities} "
+                        f"identities per batch cannot give each of {world_size} processes the same number, at least "
+                        f"2; use a multiple of {2 * world_size} identities (e.g. SOLVER.IMS_PER_BATCH "
+                        f"{2 * world_size * instances})")
+
+
 def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, world_size: int = 1,
                       pin_memory: bool = False) -> DataLoader:
     """P x K loader over ``dataset.train``; each of ``world_size`` processes gets its share of every batch."""
-    size = cfg.INPUT.SIZE_TRAIN
-    transform = build_image_transform(True, size, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-                                      flip_prob=cfg.INPUT.FLIP_PROB, padding=cfg.INPUT.PADDING,
-                                      erase_prob=cfg.INPUT.RE_PROB)
+    check_batch_split(cfg, world_size)
     batch_size, instances = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     identities = batch_size // instances
-    if identities % world_size:
-        raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch "
-                        f"cannot be split evenly over {world_size} processes")
     if identities > dataset.num_train_pids:
         raise UserError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {identities} identities per batch, "
                         f"but {dataset.name} has only {dataset.num_train_pids} training identities")
-    data = TransformedSamples(dataset, dataset.train, MultiModalTransform(transform, sync=cfg.INPUT.SYNC_AUG),
-                        cache=cfg.DATALOADER.CACHE)
+    data = TransformedSamples(dataset, dataset.train, train_transform(cfg), cache=cfg.DATALOADER.CACHE)
     dropout = None
     if cfg.INPUT.MODALITY_DROPOUT > 0:
         dropout = ModalityDropout(tuple(cfg.MODEL.MODALITIES), cfg.INPUT.MODALITY_DROPOUT,
@@ -117,7 +130,7 @@ def make_train_loader(cfg: CfgNode, dataset: MultiModalDataset, rank: int = 0, w
 
 def make_test_loader(cfg: CfgNode, dataset: MultiModalDataset, samples: Sequence[Sample],
                      pin_memory: bool = False) -> DataLoader:
-    """Sequential loader over ``samples`` with the test transform."""
-    transform = build_image_transform(False, cfg.INPUT.SIZE_TEST, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    """Sequential loader over ``samples`` with the test transform (uint8 images)."""
+    transform = build_image_transform(False, cfg.INPUT.SIZE_TEST)
     data = TransformedSamples(dataset, samples, MultiModalTransform(transform), cache=cfg.DATALOADER.CACHE)
     return DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg, pin_memory))

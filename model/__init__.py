@@ -49,7 +49,8 @@ def make_model(cfg: CfgNode, num_classes: int, num_cameras: int = 0, load_pretra
     h = cfg.MODEL.HEAT
     heat = HeatCycle(h.ORDER, first.embed_dim, first.grid_size, num_cycles=h.NUM_CYCLES,
                      share_operator=h.SHARE_OPERATOR, diffusion=h.DIFFUSION, alpha=h.ALPHA, beta=h.BETA,
-                     tau=h.TAU, learn_tau=h.LEARN_TAU, init_conductivity=h.INIT_CONDUCTIVITY)
+                     tau=h.TAU, learn_tau=h.LEARN_TAU, init_conductivity=h.INIT_CONDUCTIVITY,
+                     grad_ckpt=cfg.MODEL.GRAD_CKPT)
     model = MHCF(encoder, heat, modalities, num_classes, modality_heads=cfg.MODEL.MODALITY_HEADS,
                  neck_feat=cfg.TEST.NECK_FEAT)
     if init:

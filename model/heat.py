@@ -11,21 +11,21 @@
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 __all__ = ["HeatConductionOperator", "HeatCycle", "HeatOutput", "dct_matrix", "heat_diffuse",
-           "laplacian_eigenvalues", "stencil_average"]
+           "laplacian_eigenvalues", "stencil_average", "stencil_norm"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # The diffusion kernel
 # ---------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=32)
-def _dct_matrix_cached(n: int, device: torch.device) -> torch.Tensor:
+def dct_matrix(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``D`` (``n x n``, float32): ``D @ x`` transforms, ``D.T @ X`` inverts."""
     k = torch.arange(n, dtype=torch.float64)[:, None]
     i = torch.arange(n, dtype=torch.float64)[None, :]
     basis = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
@@ -33,34 +33,25 @@ def _dct_matrix_cached(n: int, device: torch.device) -> torch.Tensor:
     return basis.to(device=device, dtype=torch.float32)
 
 
-def dct_matrix(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Orthonormal DCT-II matrix ``D`` (``n x n``, float32): ``D @ x`` transforms, ``D.T @ X`` inverts."""
-    return _dct_matrix_cached(n, torch.device(device))
-
-
-@lru_cache(maxsize=32)
-def _eigenvalues_cached(h: int, w: int, device: torch.device) -> torch.Tensor:
+def laplacian_eigenvalues(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Eigenvalues ``4 sin²(πn/2H) + 4 sin²(πm/2W)`` (``H x W``) of the grid's Neumann Laplacian."""
     n = torch.arange(h, dtype=torch.float64)[:, None]
     m = torch.arange(w, dtype=torch.float64)[None, :]
     lam = 4 * torch.sin(math.pi * n / (2 * h)) ** 2 + 4 * torch.sin(math.pi * m / (2 * w)) ** 2
     return lam.to(device=device, dtype=torch.float32)
 
 
-def laplacian_eigenvalues(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Eigenvalues ``4 sin²(πn/2H) + 4 sin²(πm/2W)`` (``H x W``) of the grid's Neumann Laplacian."""
-    return _eigenvalues_cached(h, w, torch.device(device))
-
-
-def _diffuse_channels_last(x: torch.Tensor, k: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-    """Heat flow of ``x`` (B, H, W, C) for time ``t`` with conductivity ``k`` (broadcastable to (B, C)).
+def _diffuse_channels_last(x: torch.Tensor, k: torch.Tensor, t: torch.Tensor | float, dh: torch.Tensor,
+                           dw: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Heat flow of ``x`` (B, H, W, C) for time ``t`` with conductivity ``k`` (broadcastable to (B, C)),
+    given the DCT matrices ``dh`` (H, H), ``dw`` (W, W) and the eigenvalues ``lam`` (H, W).
 
     Runs in float32 whatever the autocast state: the spectral decay is sensitive to rounding.
     """
     B, H, W, C = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.float()
-        dh, dw = dct_matrix(H, x.device), dct_matrix(W, x.device)
-        lam = laplacian_eigenvalues(H, W, x.device)                         # (H, W)
+        dh, dw, lam = dh.float(), dw.float(), lam.float()
         kt = (torch.as_tensor(k, device=x.device).float() * t).expand(B, C)  # (B, C)
         decay = torch.exp(-kt[:, None, None, :] * lam[None, :, :, None])    # (B, H, W, C)
         spec = torch.matmul(dh, xf.reshape(B, H, W * C)).reshape(B * H, W, C)    # DCT along H
@@ -77,12 +68,14 @@ def heat_diffuse(x: torch.Tensor, k: torch.Tensor | float, t: torch.Tensor | flo
     ``expm(-k t L) x`` per channel, L the 4-neighbour graph Laplacian of the grid, computed as
     ``IDCT2(DCT2(x) * exp(-k t λ))``.
     """
-    out = _diffuse_channels_last(x.permute(0, 2, 3, 1), k, t)  # (B, H, W, C)
+    _, _, H, W = x.shape
+    out = _diffuse_channels_last(x.permute(0, 2, 3, 1), k, t, dct_matrix(H, x.device), dct_matrix(W, x.device),
+                                 laplacian_eigenvalues(H, W, x.device))  # (B, H, W, C)
     return out.permute(0, 3, 1, 2)
 
 
-@lru_cache(maxsize=32)
-def _stencil_norm_cached(h: int, w: int, device: torch.device) -> torch.Tensor:
+def stencil_norm(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``1 / (row sum + 1e-8)`` of the released adjacency at every cell of the ``h x w`` grid, ``(h, w, 1)``."""
     weights = stencil_weights()
     ones = F.pad(torch.ones(h, w, dtype=torch.float64), (1, 1, 1, 1))
     total = sum(weights[di + 1][dj + 1] * ones[1 + di:1 + di + h, 1 + dj:1 + dj + w]
@@ -96,9 +89,10 @@ def stencil_weights() -> list[list[float]]:
     return [[d, 1.0, d], [1.0, 0.0, 1.0], [d, 1.0, d]]
 
 
-def stencil_average(x: torch.Tensor) -> torch.Tensor:
+def stencil_average(x: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
     """``A x`` for the released adjacency A (8 neighbours weighted 1/distance, rows normalised by
-    (sum + 1e-8)), as a sparse 3x3 operation on ``x`` (B, H, W, C) instead of a dense N x N product."""
+    (sum + 1e-8)), as a sparse 3x3 operation on ``x`` (B, H, W, C) instead of a dense N x N product.
+    ``norm`` is :func:`stencil_norm` of the grid (computed here when not given)."""
     B, H, W, C = x.shape
     padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C), zero outside the grid
     weights = stencil_weights()
@@ -109,7 +103,9 @@ def stencil_average(x: torch.Tensor) -> torch.Tensor:
                 continue
             term = padded[:, 1 + di:1 + di + H, 1 + dj:1 + dj + W] * weights[di + 1][dj + 1]
             acc = term if acc is None else acc + term
-    return acc * _stencil_norm_cached(H, W, x.device).to(x.dtype)
+    if norm is None:
+        norm = stencil_norm(H, W, x.device)
+    return acc * norm.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,8 +146,16 @@ class HeatConductionOperator(nn.Module):
         self.conductivity_mlp = _mlp([2 * dim, dim // 2, dim // 4, 1])
         self.interaction_gate_mlp = _mlp([2 * dim, dim, 1])
         self.spatial_gate_mlp = _mlp([dim, dim // 2, 1])
+        # constant matrices of the grid, as non-persistent buffers: they follow the module to its device,
+        # stay out of state dicts, and are ordinary inputs to autograd, inference mode and torch.compile
+        H, W = self.grid
         if diffusion == "dct":
+            self.register_buffer("dct_h", dct_matrix(H), persistent=False)
+            self.register_buffer("dct_w", dct_matrix(W), persistent=False)
+            self.register_buffer("eigenvalues", laplacian_eigenvalues(H, W), persistent=False)
             self._init_near_identity()
+        else:
+            self.register_buffer("adjacency_norm", stencil_norm(H, W), persistent=False)
 
     def _init_near_identity(self) -> None:
         """Start close to the identity on CLIP tokens: small interaction gate (σ(-3) ≈ 0.05) and small
@@ -191,11 +195,12 @@ class HeatConductionOperator(nn.Module):
         gate_grid = spatial.reshape(B, H, W, 1)
         if self.diffusion == "dct":
             k = kappa * conductivity if conductivity is not None else kappa                     # (B, C)
-            p3 = gate_grid * _diffuse_channels_last(grid2, k, tau) + (1 - gate_grid) * grid2
+            diffused = _diffuse_channels_last(grid2, k, tau, self.dct_h, self.dct_w, self.eigenvalues)
+            p3 = gate_grid * diffused + (1 - gate_grid) * grid2
         else:
             p3 = grid2
             for _ in range(self.STENCIL_STEPS):
-                p3 = p3 + self.STENCIL_RATE * gate_grid * (stencil_average(p3) - p3)
+                p3 = p3 + self.STENCIL_RATE * gate_grid * (stencil_average(p3, self.adjacency_norm) - p3)
         p3 = p3.reshape(B, N, C)
 
         # 4. patches -> class: the target class token gathers its hottest (largest-norm) patches
@@ -246,22 +251,26 @@ class HeatCycle(nn.Module):
 
     Updates are sequential (Gauss-Seidel): each edge sees the target's and source's latest tokens. With
     ``share_operator`` one operator serves every edge and cycle; the per-channel conductivity
-    ``k_t = softplus(theta_t)`` is always per target modality (dct only).
+    ``k_t = softplus(theta_t)`` is always per target modality (dct only). ``num_cycles=0`` has no
+    operator and no parameter: the tokens pass unchanged (the "no heat" ablation). ``grad_ckpt``
+    recomputes each operator's activations in the backward pass instead of keeping them.
     """
 
     def __init__(self, order: Sequence[str], dim: int, grid: tuple[int, int], num_cycles: int = 3,
                  share_operator: bool = True, diffusion: str = "dct", alpha: float = 0.3, beta: float = 0.2,
-                 tau: float = 1.0, learn_tau: bool = True, init_conductivity: float = 0.05):
+                 tau: float = 1.0, learn_tau: bool = True, init_conductivity: float = 0.05,
+                 grad_ckpt: bool = False):
         super().__init__()
         self.order = list(order)
         self.edges = [(self.order[i], self.order[(i + 1) % len(self.order)]) for i in range(len(self.order))]
         self.num_cycles = num_cycles
         self.share_operator = share_operator
-        count = 1 if share_operator else num_cycles * len(self.edges)
+        self.grad_ckpt = grad_ckpt
+        count = 0 if num_cycles == 0 else 1 if share_operator else num_cycles * len(self.edges)
         self.operators = nn.ModuleList(
             HeatConductionOperator(dim, grid, diffusion, alpha, beta) for _ in range(count))
         self.conductivity: nn.ParameterDict | None = None
-        if diffusion == "dct":
+        if diffusion == "dct" and num_cycles > 0:
             theta = _inverse_softplus(init_conductivity)
             self.conductivity = nn.ParameterDict(
                 {m: nn.Parameter(torch.full((dim,), theta)) for m in self.order})
@@ -280,13 +289,16 @@ class HeatCycle(nn.Module):
 
     @torch.no_grad()
     def parameter_stats(self) -> dict[str, float]:
-        """Learned scalars for logging: α, β (mean over operators), τ and mean k_t per target modality."""
-        stats = {"alpha": float(torch.stack([op.alpha for op in self.operators]).mean()),
-                 "beta": float(torch.stack([op.beta for op in self.operators]).mean())}
+        """Learned scalars for logging: α, β (mean over operators), τ and mean k_t per target modality (none
+        without cycles). One device-to-host copy."""
+        if not self.operators:
+            return {}
+        stats = {"alpha": torch.stack([op.alpha for op in self.operators]).mean(),
+                 "beta": torch.stack([op.beta for op in self.operators]).mean()}
         if self.conductivity is not None:
-            stats["tau"] = float(self.log_tau.exp())
-            stats.update({f"conductivity/{m}": float(self.target_conductivity(m).mean()) for m in self.order})
-        return stats
+            stats["tau"] = self.log_tau.exp()
+            stats.update({f"conductivity/{m}": self.target_conductivity(m).mean() for m in self.order})
+        return dict(zip(stats, torch.stack(list(stats.values())).float().tolist()))
 
     def forward(self, cls: Mapping[str, torch.Tensor], patches: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> HeatOutput:
@@ -307,18 +319,26 @@ class HeatCycle(nn.Module):
         out = HeatOutput(cls, patches)
         if present is not None:
             out.edge_present = {(src, tgt): present[src] & present[tgt] for src, tgt in self.edges}
+        checkpointed = self.grad_ckpt and torch.is_grad_enabled()
+
+        def conduct(op, *args):
+            if checkpointed:
+                return torch.utils.checkpoint.checkpoint(op, *args, use_reentrant=False)
+            return op(*args)
+
         for c in range(self.num_cycles):
             for e, (src, tgt) in enumerate(self.edges):
                 operator, conductivity = self.operator(c, e), self.target_conductivity(tgt)
                 if present is None:
-                    cls[tgt], patches[tgt], stats = operator(
-                        cls[src], patches[src], cls[tgt], patches[tgt], conductivity, tau)
+                    cls[tgt], patches[tgt], stats = conduct(
+                        operator, cls[src], patches[src], cls[tgt], patches[tgt], conductivity, tau)
                 else:
                     on = present[tgt]                                                        # (B,)
                     if not on.any():
                         continue
                     src_cls, src_pat = self._nearest_present_source(tgt, cls, patches, present)
-                    new_cls, new_pat, stats = operator(src_cls, src_pat, cls[tgt], patches[tgt], conductivity, tau)
+                    new_cls, new_pat, stats = conduct(
+                        operator, src_cls, src_pat, cls[tgt], patches[tgt], conductivity, tau)
                     cls[tgt] = torch.where(on[:, None], new_cls, cls[tgt])
                     patches[tgt] = torch.where(on[:, None, None], new_pat, patches[tgt])
                 out.stats[(c, src, tgt)] = stats

@@ -13,6 +13,9 @@ import torch.distributed as dist
 
 from .device import resolve_device
 
+__all__ = ["DistInfo", "MainProcessFailed", "all_gather", "all_gather_with_grad", "all_reduce_mean", "cleanup",
+           "differing_replicas", "gather_rows", "init_distributed", "main_process_first", "run_on_main"]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -33,13 +36,18 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def is_local_main(self) -> bool:
+        """The first process of its node."""
+        return self.local_rank == 0
+
 
 def init_distributed(device_name: str) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=2),
@@ -60,12 +68,14 @@ def _all_ok(info: DistInfo, ok: bool) -> bool:
 
 @contextmanager
 def main_process_first(info: DistInfo):
-    """The main process runs the block first (e.g. generating data or downloading weights); the others
-    follow once it has succeeded, and stop at once (MainProcessFailed) if it failed."""
+    """The first process of each node runs the block first (e.g. generating data or downloading weights
+    into node-local storage); the others follow once every node's first process has succeeded, and stop at
+    once (MainProcessFailed) if one failed. (Writers into shared storage must tolerate a concurrent writer
+    from another node: the dataset generator and the weight download both write a temporary and rename.)"""
     if not info.distributed:
         yield
         return
-    if info.is_main:
+    if info.is_local_main:
         try:
             yield
         except BaseException:
@@ -74,7 +84,7 @@ def main_process_first(info: DistInfo):
         _all_ok(info, True)
     else:
         if not _all_ok(info, True):
-            raise MainProcessFailed("the main process failed (its error is above); stopping")
+            raise MainProcessFailed("the first process of a node failed (its error is above); stopping")
         yield
 
 
@@ -104,6 +114,51 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out)
     return out / info.world_size
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient of the gathered tensor and returns this
+    process's slice (fast-reid's GatherLayer): a loss computed alike on every process over the gathered
+    batch then gives, after DDP's gradient average, the gradient of one process computing it on that batch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        summed = torch.stack(grads)
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every process's ``x`` (same shape everywhere), concatenated along dim 0 in rank order, differentiable."""
+    return torch.cat(_GatherWithGrad.apply(x))
+
+
+def all_gather(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every process's ``x`` (same shape everywhere), concatenated along dim 0 in rank order."""
+    if not info.distributed:
+        return x
+    out = [torch.empty_like(x) for _ in range(info.world_size)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+def gather_rows(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The rows of every process's ``x`` (N_r, ...) concatenated in rank order, on every process; the row
+    counts may differ (padded for the collective). Collectives run on ``info.device``; the result is on
+    ``x``'s device."""
+    if not info.distributed:
+        return x
+    counts = all_gather(torch.tensor([len(x)], device=info.device), info).tolist()
+    padded = x.new_zeros((max(counts), *x.shape[1:]), device=info.device)
+    padded[:len(x)] = x
+    parts = all_gather(padded, info).split(max(counts))
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]).to(x.device)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from utils.bias_measures import (
 from utils.metrics import RankResult
 from utils.modalities import miss_settings, missing_modalities
 
-from .device import batch_to
+from .device import BatchToDevice
 from .evaluation import evaluate, evaluation_samples
 
 __all__ = ["analyse_modal_bias", "feature_statistics", "format_modal_bias", "log_modal_bias",
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def feature_statistics(model: MHCF, loader, device: torch.device, feat_norm: bool = True,
+def feature_statistics(model: MHCF, loader, to_device: BatchToDevice, feat_norm: bool = True,
                        progress: bool = True) -> dict:
     """Modality gaps, energy and variance shares and heat statistics of ``model`` over ``loader`` (all
     modalities). The test feature is L2-normalised first when ``feat_norm`` (as retrieval sees it)."""
@@ -54,7 +54,7 @@ def feature_statistics(model: MHCF, loader, device: torch.device, feat_norm: boo
     named: dict[str, list[torch.Tensor]] = {name: [] for name in [*TEST_FEATURES, "test"]}
     heat = RunningMean()
     for batch in tqdm(loader, desc="modal bias", disable=not progress, leave=False):
-        batch = batch_to(batch, modalities, device)
+        batch = to_device(batch)
         tokens = model.encode(batch)
         features, out = model.fuse(tokens)
         test = model.test_feature(features)
@@ -123,7 +123,7 @@ def analyse_modal_bias(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, de
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
     report = {"dataset": dataset.name, "modalities": modalities, "analysed_samples": len(samples),
               "retrieval": by_modalities, "summary": retrieval_summary(by_modalities, modalities)}
-    report.update(feature_statistics(model, loader, device, cfg.TEST.FEAT_NORM, progress))
+    report.update(feature_statistics(model, loader, BatchToDevice(cfg, device), cfg.TEST.FEAT_NORM, progress))
     return report
 
 

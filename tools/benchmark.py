@@ -4,33 +4,40 @@
 
 Measures, on the config's device (MODEL.DEVICE) with random weights and random images:
 
-- the full training step (zero_grad, forward, losses, backward, optimizer step) and an inference batch:
-  median / min / max time, images/s, and the sustained GFLOP/s (FLOPs counted by
-  ``torch.utils.flop_counter``) against the machine's fp32 matmul rate, measured here on a large square
-  product with the same thread count (PyTorch's default GEMM and, on CPU, oneDNN's; the faster counts):
+- the full training step (the loader's uint8 batch to the device, normalisation and erasing there,
+  zero_grad, forward, losses, backward, optimizer step) and an inference batch: median / min / max time,
+  images/s, and the sustained GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the machine's
+  matmul rate in the step's precision (fp32, fp32 with TF32, fp16 or bf16, as SOLVER.AMP and MODEL.TF32
+  say; named in the output), measured here on a large square product with the same thread count
+  (PyTorch's default GEMM and, on CPU in fp32, oneDNN's; the faster counts):
   timed in a burst after every measured iteration, so that it sees the machine in the same state (a CPU's
   clock and its co-tenants drift by several percent within minutes), and compared by median with the
   loop's median; the run's best burst is reported too, as the strictest yardstick;
-- peak memory of our training step, and of forward + losses + backward of each model: on CPU the
-  resident-set high-water mark of a fresh process per measurement, on a GPU ``max_memory_allocated``;
+- peak memory of our training step, and of forward + losses + backward of each model, each in a fresh
+  process: on CPU the resident-set high-water mark, on a GPU ``max_memory_allocated``;
 - with ``--baseline``: forward + losses + backward of our model and of ``tools/reference_mhcf.py`` (the
   authors' structure: encoder called once per modality, ``nn.MultiheadAttention``, dense-adjacency
   diffusion) doing the same work, iterations interleaved (alternating which goes first);
 - the input pipeline alone when the dataset is present: decode and augmentation of the three modalities,
   samples/s of one loader worker with and without DATALOADER.CACHE, against the rate at which the model
-  consumes samples, hence the DATALOADER.NUM_WORKERS that keeps it fed.
+  consumes samples, hence the DATALOADER.NUM_WORKERS that keeps it fed;
+- with ``--epoch``: one real training epoch, ``Trainer.train_epoch`` with its loader and workers, into a
+  temporary OUTPUT_DIR (needs the dataset): its time per iteration against the training step's alone
+  shows what the loader and the host cost.
 
 GPU timings use device events, CPU timings wall time. ``--json PATH`` also writes every figure.
 """
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,12 +47,14 @@ from yacs.config import CfgNode
 
 from accel import onednn_available, tune_glibc_malloc
 from config import load_config
-from datasets import TransformedSamples, make_dataset
-from datasets.transforms import MultiModalTransform, build_image_transform
+from datasets import TransformedSamples, make_dataset, train_transform
+from datasets.transforms import ErasingBox
 from loss import make_loss
 from model import make_model
 from model.backbone import ARCHS
-from processor.device import autocast_context, prepare_model, resolve_device
+from processor.device import BatchToDevice, autocast_context, prepare_model, resolve_device, tf32
+from processor.distributed import DistInfo
+from processor.trainer import Trainer
 from solver import make_optimizer
 from utils.errors import UserError
 from utils.flops import count_flops, format_costs, model_costs
@@ -64,17 +73,18 @@ class Timer:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.module = getattr(torch, device.type)   # torch.cuda on a GPU
 
     def sync(self) -> None:
         if self.device.type != "cpu":
-            torch.accelerator.synchronize(self.device)
+            self.module.synchronize(self.device)
 
     def __call__(self, fn: Callable[[], object]) -> float:
         if self.device.type == "cpu":
             start = time.perf_counter()
             fn()
             return time.perf_counter() - start
-        begin, end = (torch.Event(device=self.device, enable_timing=True) for _ in range(2))
+        begin, end = (self.module.Event(enable_timing=True) for _ in range(2))
         self.sync()
         begin.record()
         fn()
@@ -100,11 +110,26 @@ def repeat(timer: Timer, fn: Callable[[], object], warmup: int, iters: int,
     return times
 
 
-def matmul_kernels(device: torch.device, n: int) -> dict[str, Callable[[], object]]:
-    """An fp32 ``n x n`` product with PyTorch's default GEMM, and with oneDNN on CPU."""
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    kernels = {"torch.mm": lambda: torch.mm(a, b)}
-    if device.type == "cpu" and onednn_available():
+def step_precision(cfg: CfgNode, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype of the training step's matrix products and its name: SOLVER.AMP's, or float32 ("fp32 (TF32)"
+    with MODEL.TF32 on a GPU)."""
+    if cfg.SOLVER.AMP != "off":
+        return (torch.float16 if cfg.SOLVER.AMP == "fp16" else torch.bfloat16), cfg.SOLVER.AMP
+    return torch.float32, "fp32 (TF32)" if cfg.MODEL.TF32 and device.type == "cuda" else "fp32"
+
+
+def matmul_kernels(device: torch.device, n: int, dtype: torch.dtype = torch.float32,
+                   tf32_allowed: bool = False) -> dict[str, Callable[[], object]]:
+    """An ``n x n`` product in ``dtype`` with PyTorch's default GEMM (TF32 as ``tf32_allowed`` says), and with
+    oneDNN on CPU in float32."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+
+    def product():
+        with tf32(tf32_allowed):
+            return torch.mm(a, b)
+
+    kernels = {"torch.mm": product}
+    if device.type == "cpu" and dtype == torch.float32 and onednn_available():
         kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return kernels
 
@@ -143,14 +168,23 @@ def build_model(cfg: CfgNode, variant: str, num_classes: int, device: torch.devi
     return model.to(device).train()
 
 
-def random_batch(cfg: CfgNode, samples: int, device: torch.device, size=None) -> tuple[dict, torch.Tensor]:
-    """Random normalised images of every modality and P x K identity labels (K = DATALOADER.NUM_INSTANCE
-    when it divides the batch, else 2, else 1)."""
+def random_batch(cfg: CfgNode, samples: int, device: torch.device, size=None, train: bool = True) -> dict:
+    """A batch as the loader gives it, on the host: random uint8 images of every modality, erased boxes drawn
+    as INPUT.RE_PROB says (training), P x K identity labels (K = DATALOADER.NUM_INSTANCE when it divides the
+    batch, else 2, else 1); in page-locked memory for a GPU, as the trainer's loader."""
     gen = torch.Generator().manual_seed(0)
     size = size or cfg.INPUT.SIZE_TRAIN
-    batch = {m: torch.randn(samples, 3, *size, generator=gen).to(device) for m in cfg.MODEL.MODALITIES}
+    batch = {m: torch.randint(0, 256, (samples, 3, *size), generator=gen, dtype=torch.uint8)
+             for m in cfg.MODEL.MODALITIES}
     k = next(k for k in (cfg.DATALOADER.NUM_INSTANCE, 2, 1) if samples % k == 0)
-    return batch, torch.arange(samples // k).repeat_interleave(k).to(device)
+    batch["pid"] = torch.arange(samples // k).repeat_interleave(k)
+    if train:
+        erasing = ErasingBox(cfg.INPUT.RE_PROB)
+        batch["erase"] = {m: torch.stack([erasing((3, *size)) for _ in range(samples)]) for m in cfg.MODEL.MODALITIES}
+    if device.type == "cuda":
+        batch = {k: ({m: t.pin_memory() for m, t in v.items()} if isinstance(v, dict) else v.pin_memory())
+                 for k, v in batch.items()}
+    return batch
 
 
 def as_named_outputs(outputs) -> dict:
@@ -159,18 +193,22 @@ def as_named_outputs(outputs) -> dict:
     return {"logits": dict(zip(HEAD_NAMES, logits)), "features": dict(zip(HEAD_NAMES, features))}
 
 
-def make_step(cfg: CfgNode, model: torch.nn.Module, variant: str, batch: dict, pids: torch.Tensor,
-              device: torch.device, optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
-    """One iteration: forward, losses, backward, and the optimizer step when ``optimizer`` is given."""
-    loss_fn = make_loss(cfg, int(pids.max()) + 1)
+def make_step(cfg: CfgNode, model: torch.nn.Module, variant: str, batch: dict, device: torch.device,
+              optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """One iteration as the trainer's: the host ``batch`` (:func:`random_batch`) to the device, forward,
+    losses, backward, and the optimizer step when ``optimizer`` is given."""
+    loss_fn = make_loss(cfg, max(batch["pid"].tolist()) + 1)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP == "fp16")
     forward = model if variant == "ours" else (lambda b: as_named_outputs(model(b)))
+    to_device = BatchToDevice(cfg, device)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        with autocast_context(device, cfg.SOLVER.AMP):
-            total = sum(loss_fn(forward(batch), pids).values())
-        scaler.scale(total).backward()
+        on_device = to_device(batch)
+        with tf32(cfg.MODEL.TF32), autocast_context(device, cfg.SOLVER.AMP):
+            total = sum(loss_fn(forward(on_device), on_device["pid"]).values())
+        with tf32(cfg.MODEL.TF32):
+            scaler.scale(total).backward()
         if optimizer is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -212,16 +250,16 @@ def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device,
     """Peak memory of two iterations of ``variant``: ``"step"`` (our full training step, optimizer
     included), ``"ours"`` or ``"baseline"`` (forward, losses and backward of either model)."""
     model = build_model(cfg, "baseline" if variant == "baseline" else "ours", num_classes, device)
-    batch, pids = random_batch(cfg, samples, device)
+    batch = random_batch(cfg, samples, device)
     optimizer = make_optimizer(cfg, model) if variant == "step" else None
-    step = make_step(cfg, model, "baseline" if variant == "baseline" else "ours", batch, pids, device, optimizer)
+    step = make_step(cfg, model, "baseline" if variant == "baseline" else "ours", batch, device, optimizer)
     if device.type != "cpu":
-        step()
-        torch.accelerator.synchronize(device)
-        torch.accelerator.reset_peak_memory_stats(device)
-        step()
-        torch.accelerator.synchronize(device)
-        return {"peak_mb": torch.accelerator.max_memory_allocated(device) / 2 ** 20, "kind": "max_memory_allocated"}
+        module = getattr(torch, device.type)   # torch.cuda
+        for _ in range(2):
+            step()
+        module.synchronize(device)
+        return {"peak_mb": module.max_memory_allocated(device) / 2 ** 20,
+                "kind": "max_memory_allocated in a fresh process"}
     before = current_rss_mb()
     for _ in range(2):
         step()
@@ -229,7 +267,8 @@ def probe_memory(cfg: CfgNode, variant: str, samples: int, device: torch.device,
 
 
 def memory_in_subprocess(args: argparse.Namespace, variant: str) -> dict:
-    """:func:`probe_memory` in a fresh interpreter, so each model's high-water mark is its own."""
+    """:func:`probe_memory` in a fresh interpreter, so each model's high-water mark is its own (on a GPU
+    too: no other model of the benchmark is still alive there)."""
     cmd = [sys.executable, "-m", "tools.benchmark", "--probe", variant, "--batch", str(args.batch),
            "--num_classes", str(args.num_classes)]
     if args.config_file:
@@ -250,9 +289,7 @@ def input_pipeline(cfg: CfgNode, samples: int) -> dict:
     process; the cached variant decodes once, then only augments."""
     dataset = make_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.MODEL.MODALITIES)
     records = dataset.train[:samples]
-    transform = MultiModalTransform(build_image_transform(
-        True, cfg.INPUT.SIZE_TRAIN, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, flip_prob=cfg.INPUT.FLIP_PROB,
-        padding=cfg.INPUT.PADDING, erase_prob=cfg.INPUT.RE_PROB), sync=cfg.INPUT.SYNC_AUG)
+    transform = train_transform(cfg)
 
     def rate(data: TransformedSamples) -> float:
         start = time.perf_counter()
@@ -287,12 +324,14 @@ def default_num_classes(cfg: CfgNode) -> int:
         return 171  # RGBNT201's training identities; the classifier's size barely matters here
 
 
-def rate_line(loop: dict, label: str, best_rate: float) -> str:
-    """The sustained GFLOP/s of a timed loop against the matmul rate measured alongside and the best burst."""
+def rate_line(loop: dict, label: str) -> str:
+    """The sustained GFLOP/s of a timed loop against the matmul rate of its precision measured alongside and
+    the best burst."""
     return (f"  {loop['flops'] / 1e9:.1f} GFLOP {label} -> {loop['gflops']:.0f} GFLOP/s sustained = "
-            f"{100 * loop['fraction_of_matmul']:.0f}% of the matmul rate measured alongside "
+            f"{100 * loop['fraction_of_matmul']:.0f}% of the {loop['precision']} matmul rate measured alongside "
             f"({loop['matmul_alongside_gflops']:.0f} GFLOP/s, median); "
-            f"{100 * loop['fraction_of_best_matmul']:.0f}% of the run's best burst ({best_rate:.0f})")
+            f"{100 * loop['fraction_of_best_matmul']:.0f}% of the run's best burst "
+            f"({loop['matmul_best_gflops']:.0f})")
 
 
 def load_average() -> float | None:
@@ -307,69 +346,78 @@ def loop_figures(loop: dict, flops: int, samples: int, modalities: int, alongsid
     return {**loop, "flops": flops, "samples_per_s": samples / loop["median"],
             "images_per_s": samples * modalities / loop["median"], "gflops": rate,
             "matmul_alongside_gflops": alongside.median(), "fraction_of_matmul": rate / alongside.median(),
-            "fraction_of_best_matmul": rate / best_rate}
+            "matmul_best_gflops": best_rate, "fraction_of_best_matmul": rate / best_rate}
 
 
 def measure_model(args: argparse.Namespace, cfg: CfgNode, device: torch.device, say: Callable) -> dict:
-    """The training step and the inference batch of our model, with the matmul rate measured alongside."""
+    """The training step and the inference batch of our model, each with the matmul rate of its precision
+    (the step's: SOLVER.AMP / MODEL.TF32; inference: fp32) measured alongside."""
     timer = Timer(device)
-    kernels = matmul_kernels(device, args.matmul_size)
-    matmul = {name: matmul_rate(timer, kernel, args.matmul_size) for name, kernel in kernels.items()}
+    precisions = {"train": step_precision(cfg, device), "inference": (torch.float32, "fp32")}
+    step_precision_name = precisions["train"][1]
+    kernels = {loop: matmul_kernels(device, args.matmul_size, dtype, cfg.MODEL.TF32 and loop == "train")
+               for loop, (dtype, _) in precisions.items()}
+    matmul = {loop: {name: matmul_rate(timer, k, args.matmul_size) for name, k in ks.items()}
+              for loop, ks in kernels.items()}
     ours = build_model(cfg, "ours", args.num_classes, device)
     costs = model_costs(ours, cfg.INPUT.SIZE_TRAIN)
     say(format_costs(costs))
 
-    batch, pids = random_batch(cfg, args.batch, device)
+    batch = random_batch(cfg, args.batch, device)
     compiled = torch.compile(ours) if cfg.MODEL.COMPILE else ours
-    train_step = make_step(cfg, compiled, "ours", batch, pids, device, make_optimizer(cfg, ours))
-    step_flops, _ = count_flops(make_step(cfg, ours, "ours", batch, pids, device))
-    fastest = kernels[max(matmul, key=matmul.get)]
-    train_matmul = AlongsideMatmul(timer, fastest, args.matmul_size)
-    train = summarise(repeat(timer, train_step, args.warmup, args.iters, between=train_matmul))
+    train_step = make_step(cfg, compiled, "ours", batch, device, make_optimizer(cfg, ours))
+    step_flops, _ = count_flops(make_step(cfg, ours, "ours", batch, device))
+    fastest = {loop: ks[max(matmul[loop], key=matmul[loop].get)] for loop, ks in kernels.items()}
+    alongside = {loop: AlongsideMatmul(timer, fastest[loop], args.matmul_size) for loop in kernels}
+    train = summarise(repeat(timer, train_step, args.warmup, args.iters, between=alongside["train"]))
 
-    test_batch, _ = random_batch(cfg, args.test_batch, device, cfg.INPUT.SIZE_TEST)
+    test_batch = BatchToDevice(cfg, device)(random_batch(cfg, args.test_batch, device, cfg.INPUT.SIZE_TEST, False))
     ours.eval()
-    infer_matmul = AlongsideMatmul(timer, fastest, args.matmul_size)
     with torch.inference_mode():
         infer_flops, _ = count_flops(ours, test_batch)
         infer = summarise(repeat(timer, lambda: compiled(test_batch), min(args.warmup, 1), args.iters,
-                                 between=infer_matmul))
+                                 between=alongside["inference"]))
     ours.train()
 
-    for name, kernel in kernels.items():  # again at the end: the best burst of the run
-        matmul[name] = max(matmul[name], matmul_rate(timer, kernel, args.matmul_size))
-    best_rate = max([*matmul.values(), *train_matmul.rates, *infer_matmul.rates])
+    for loop, ks in kernels.items():  # again at the end: the best burst of the run
+        for name, kernel in ks.items():
+            matmul[loop][name] = max(matmul[loop][name], matmul_rate(timer, kernel, args.matmul_size))
+    best = {loop: max([*matmul[loop].values(), *alongside[loop].rates]) for loop in kernels}
     modalities = len(cfg.MODEL.MODALITIES)
-    report = {"model": {name: vars(c) for name, c in costs.items()}, "matmul_gflops": matmul,
-              "matmul_best_gflops": best_rate,
-              "train_step": loop_figures(train, step_flops, args.batch, modalities, train_matmul, best_rate),
-              "inference": {**loop_figures(infer, infer_flops, args.test_batch, modalities, infer_matmul, best_rate),
-                            "batch": args.test_batch}}
+    report = {"model": {name: vars(c) for name, c in costs.items()},
+              "train_step": {**loop_figures(train, step_flops, args.batch, modalities, alongside["train"],
+                                            best["train"]),
+                             "precision": step_precision_name, "matmul_gflops": matmul["train"]},
+              "inference": {**loop_figures(infer, infer_flops, args.test_batch, modalities, alongside["inference"],
+                                           best["inference"]),
+                            "precision": "fp32", "matmul_gflops": matmul["inference"], "batch": args.test_batch}}
     train, infer = report["train_step"], report["inference"]
-    say("machine fp32 matmul rate ({n}x{n}, best of 3 runs before and after): {rates} GFLOP/s; the fastest "
-        "kernel is timed again between the iterations below".format(
-            n=args.matmul_size, rates=", ".join(f"{k} {v:.0f}" for k, v in matmul.items())))
-    say(f"training step ({args.batch} samples x {modalities} modalities; forward, losses, "
-        f"backward, optimizer), {args.iters} iterations after {args.warmup} warm-up:")
+    for loop, figures in (("training step", train), ("inference", infer)):
+        say("machine {p} matmul rate, the precision of the {loop} ({n}x{n}, best of 3 runs before and after): "
+            "{rates} GFLOP/s; the fastest kernel is timed again between its iterations below".format(
+                p=figures["precision"], loop=loop, n=args.matmul_size,
+                rates=", ".join(f"{k} {v:.0f}" for k, v in figures["matmul_gflops"].items())))
+    say(f"training step ({args.batch} samples x {modalities} modalities, {step_precision_name}; batch to the "
+        f"device, forward, losses, backward, optimizer), {args.iters} iterations after {args.warmup} warm-up:")
     say(f"  {train['median']:.3f} s median (min {train['min']:.3f}, max {train['max']:.3f}); "
         f"{train['samples_per_s']:.2f} samples/s, {train['images_per_s']:.1f} images/s")
-    say(rate_line(train, "per step (forward + backward)", best_rate))
-    say(f"inference batch ({args.test_batch} samples): {infer['median']:.3f} s median; "
+    say(rate_line(train, "per step (forward + backward)"))
+    say(f"inference batch ({args.test_batch} samples, fp32): {infer['median']:.3f} s median; "
         f"{infer['samples_per_s']:.1f} samples/s")
-    say(rate_line(infer, "per batch", best_rate))
+    say(rate_line(infer, "per batch"))
     if args.baseline:
-        report["baseline"] = compare_with_baseline(args, cfg, device, compiled, batch, pids, step_flops, say)
+        report["baseline"] = compare_with_baseline(args, cfg, device, compiled, batch, step_flops, say)
     return report
 
 
 def compare_with_baseline(args: argparse.Namespace, cfg: CfgNode, device: torch.device, ours: torch.nn.Module,
-                          batch: dict, pids: torch.Tensor, our_flops: int, say: Callable) -> dict:
+                          batch: dict, our_flops: int, say: Callable) -> dict:
     """Forward + losses + backward of our model and of the authors' structure, iterations interleaved
     (alternating which goes first)."""
     timer = Timer(device)
     theirs = build_model(cfg, "baseline", args.num_classes, device)
-    steps = {"ours": make_step(cfg, ours, "ours", batch, pids, device),
-             "baseline": make_step(cfg, theirs, "baseline", batch, pids, device)}
+    steps = {"ours": make_step(cfg, ours, "ours", batch, device),
+             "baseline": make_step(cfg, theirs, "baseline", batch, device)}
     flops = {"ours": our_flops, "baseline": count_flops(steps["baseline"])[0]}
     times: dict[str, list[float]] = {"ours": [], "baseline": []}
     for i in range(args.warmup + args.iters):
@@ -391,14 +439,11 @@ def compare_with_baseline(args: argparse.Namespace, cfg: CfgNode, device: torch.
 
 def measure_memory(args: argparse.Namespace, cfg: CfgNode, device: torch.device, say: Callable) -> dict:
     """Peak memory of our training step (and, with --baseline, of both models' forward + losses + backward),
-    each in a fresh process on CPU."""
+    each in a fresh process."""
     labels = {"step": "ours, training step", "ours": "ours, forward + losses + backward",
               "baseline": "theirs, forward + losses + backward"}
     variants = list(labels) if args.baseline else ["step"]
-    if device.type == "cpu":
-        memory = {v: memory_in_subprocess(args, v) for v in variants}
-    else:
-        memory = {v: probe_memory(cfg, v, args.batch, device, args.num_classes) for v in variants}
+    memory = {v: memory_in_subprocess(args, v) for v in variants}
     for v, m in memory.items():
         extra = f" (before the first step: {m['model_mb']:.0f} MB)" if m.get("model_mb") else ""
         say(f"peak memory, {labels[v]}: {m['peak_mb']:.0f} MB [{m['kind']}]{extra}")
@@ -424,6 +469,42 @@ def measure_input(args: argparse.Namespace, cfg: CfgNode, consumption: float, sa
     return data
 
 
+def measure_epoch(cfg: CfgNode, device: torch.device, step_seconds: float, say: Callable) -> dict | None:
+    """One epoch of the real trainer (``Trainer.train_epoch``: its loader and workers, the batch to the device,
+    the step, the statistics) into a temporary OUTPUT_DIR, against the training step timed alone (None
+    without the dataset)."""
+    with tempfile.TemporaryDirectory(prefix="mhcf-benchmark-") as out:
+        run_cfg = cfg.clone()
+        run_cfg.defrost()
+        run_cfg.OUTPUT_DIR, run_cfg.SOLVER.RESUME = out, False
+        run_cfg.freeze()
+        logging.disable(logging.WARNING)  # the trainer's own log of its set-up and iterations
+        try:
+            trainer = Trainer(run_cfg, DistInfo(device=device))
+            timer = Timer(device)
+            timer.sync()
+            start = time.perf_counter()
+            trainer.train_epoch(1)
+            timer.sync()
+            seconds = time.perf_counter() - start
+            trainer.writer.close()
+        except UserError as exc:
+            say(f"training epoch: skipped ({exc})".splitlines()[0])
+            return None
+        finally:
+            logging.disable(logging.NOTSET)
+    iterations = len(trainer.loader)
+    figures = {"seconds": seconds, "iterations": iterations, "per_iteration": seconds / iterations,
+               "samples_per_s": iterations * cfg.SOLVER.IMS_PER_BATCH / seconds,
+               "step_alone": step_seconds, "overhead": seconds / iterations / step_seconds - 1,
+               "workers": cfg.DATALOADER.NUM_WORKERS}
+    say(f"training epoch (Trainer.train_epoch, {iterations} iterations of {cfg.SOLVER.IMS_PER_BATCH} samples, "
+        f"DATALOADER.NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS}): {seconds:.1f} s, {figures['per_iteration']:.3f} s "
+        f"per iteration, {figures['samples_per_s']:.1f} samples/s; {100 * figures['overhead']:+.0f}% against the "
+        f"training step alone ({step_seconds:.3f} s): the loader, the first iterations' warm-up, the host")
+    return figures
+
+
 def run_benchmark(args: argparse.Namespace, cfg: CfgNode, device: torch.device) -> dict:
     """Every measurement the arguments ask for, printed as it comes; the figures as a dict."""
     say = print if not args.quiet else (lambda *a, **k: None)
@@ -442,6 +523,11 @@ def run_benchmark(args: argparse.Namespace, cfg: CfgNode, device: torch.device) 
         data = measure_input(args, cfg, report["train_step"]["samples_per_s"], say)
         if data is not None:
             report["input"] = data
+    if args.epoch:
+        epoch = measure_epoch(cfg, device, report["train_step"]["median"] * cfg.SOLVER.IMS_PER_BATCH / args.batch,
+                              say)
+        if epoch is not None:
+            report["epoch"] = epoch
     report["load_average"] = [load_before, load_average()]
     if None not in report["load_average"]:
         busy = max(report["load_average"]) > report["threads"] + 0.5  # more than this benchmark's own threads
@@ -468,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="also time the authors' structure side by side")
     p.add_argument("--no_memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no_data", action="store_true", help="skip the input-pipeline measurement")
+    p.add_argument("--epoch", action="store_true",
+                   help="also time one epoch of the real trainer with its loader (needs the dataset)")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--probe", choices=["step", "ours", "baseline"], help=argparse.SUPPRESS)

@@ -42,7 +42,7 @@ from PIL import Image
 from config import load_config
 from datasets import IMAGE_EXTENSIONS, build_image_transform, read_image
 from processor.cli import log_mapped_settings
-from processor.device import resolve_device
+from processor.device import BatchToDevice, resolve_device
 from processor.evaluation import extract_features
 from utils.errors import UserError
 from utils.files import atomic_write, atomic_write_text
@@ -75,8 +75,8 @@ class FeatureExtractor:
         self.device = resolve_device(self.cfg.MODEL.DEVICE)
         self.model = load_trained_model(self.cfg, self.cfg.TEST.WEIGHT, self.device)
         self.modalities = list(self.cfg.MODEL.MODALITIES)
-        self.transform = build_image_transform(False, self.cfg.INPUT.SIZE_TEST, self.cfg.INPUT.PIXEL_MEAN,
-                                               self.cfg.INPUT.PIXEL_STD)
+        self.transform = build_image_transform(False, self.cfg.INPUT.SIZE_TEST)   # uint8: the device normalises
+        self.to_device = BatchToDevice(self.cfg, self.device)
 
     @property
     def feature_dim(self) -> int:
@@ -100,7 +100,7 @@ class FeatureExtractor:
         for i, kept in enumerate(present):  # one TEST.MISS setting per subset of modalities present
             groups.setdefault(self._setting(kept), []).append(i)
         for setting, rows in groups.items():
-            features = extract_features(self.model, self._batches(images, rows), self.device, [setting],
+            features = extract_features(self.model, self._batches(images, rows), self.to_device, [setting],
                                         progress=False, protocol=self.cfg.TEST.MISS_PROTOCOL)[setting]
             out[rows] = F.normalize(features, dim=1) if self.cfg.TEST.FEAT_NORM else features
         return out
@@ -129,15 +129,16 @@ class FeatureExtractor:
         return "".join(initial(m) for m in missing) or NONE
 
     def _batches(self, images: Mapping[str, Sequence], rows: Sequence[int]):
-        """Batches of the samples ``rows`` (TEST.IMS_PER_BATCH each): a missing modality's image is zeros (not read
-        under TEST.MISS_PROTOCOL drop)."""
+        """Batches of the samples ``rows`` (TEST.IMS_PER_BATCH each): a missing modality's image is a blank
+        placeholder, never used as an image (TEST.MISS_PROTOCOL zero replaces its tokens by those of a zero
+        normalised image; drop leaves it out)."""
         size = self.cfg.TEST.IMS_PER_BATCH
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
             batch = {}
             for m in self.modalities:
                 items = [images[m][i] if m in images else None for i in chunk]
-                batch[m] = torch.stack([torch.zeros(3, *self.cfg.INPUT.SIZE_TEST) if item is None
+                batch[m] = torch.stack([torch.zeros(3, *self.cfg.INPUT.SIZE_TEST, dtype=torch.uint8) if item is None
                                         else self.transform(_image(item)) for item in items])  # (B, 3, H, W)
             yield batch
 

@@ -51,7 +51,7 @@ from yacs.config import CfgNode
 
 from datasets import MultiModalDataset, Sample, make_test_loader
 from model import MHCF
-from processor.device import batch_to
+from processor.device import BatchToDevice
 from processor.evaluation import evaluation_samples, extract_features
 from utils.bias_measures import mean_spatial_gates, patch_change, ranked_lists
 from utils.errors import UserError
@@ -134,7 +134,8 @@ def save_figure(fig: Figure, path: str, dpi: int = 200) -> str:
 def _features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, samples: Sequence[Sample], setting: str,
               device: torch.device) -> torch.Tensor:
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting], protocol=cfg.TEST.MISS_PROTOCOL)[setting]
+    features = extract_features(model, loader, BatchToDevice(cfg, device), [setting],
+                                protocol=cfg.TEST.MISS_PROTOCOL)[setting]
     return F.normalize(features, dim=1) if cfg.TEST.FEAT_NORM else features
 
 
@@ -369,7 +370,8 @@ def _picked_batches(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, args:
     samples = evaluation_samples(dataset)
     picked = [samples[i] for i in pick_indices(len(samples), args.num, args.indices)]
     loader = make_test_loader(cfg, dataset, picked, pin_memory=device.type == "cuda")
-    return picked, [batch_to(batch, model.modalities, device) for batch in loader]
+    to_device = BatchToDevice(cfg, device)
+    return picked, [to_device(batch) for batch in loader]
 
 
 def heatmaps(args: argparse.Namespace) -> Figure:
@@ -449,7 +451,8 @@ def tsne_command(args: argparse.Namespace) -> Figure:
     if len(samples) < 4:
         raise UserError(f"visualize tsne: t-SNE needs at least 4 samples, got {len(samples)} (--num, --indices)")
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, [setting], protocol=cfg.TEST.MISS_PROTOCOL)[setting]
+    features = extract_features(model, loader, BatchToDevice(cfg, device), [setting],
+                                protocol=cfg.TEST.MISS_PROTOCOL)[setting]
     fig = tsne_figure(features, [s.pid for s in samples], model.modalities,
                       f"Test features: {describe(cfg, dataset, setting)}", args.perplexity, cfg.SOLVER.SEED)
     save_figure(fig, args.out or os.path.join(cfg.OUTPUT_DIR, "visualize", f"tsne_{setting}.png"), args.dpi)
@@ -486,7 +489,7 @@ def embedding(args: argparse.Namespace) -> str:
     samples = evaluation_samples(dataset)
     samples = [samples[i] for i in pick_indices(len(samples), args.num, None)]
     loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    features = extract_features(model, loader, device, settings, protocol=cfg.TEST.MISS_PROTOCOL)
+    features = extract_features(model, loader, BatchToDevice(cfg, device), settings, protocol=cfg.TEST.MISS_PROTOCOL)
     if cfg.TEST.FEAT_NORM:
         features = {s: F.normalize(f, dim=1) for s, f in features.items()}
     thumb = tile_size(cfg.INPUT.SIZE_TEST, args.tile_height)

@@ -49,7 +49,7 @@ OUT_OF_RANGE = [
     ("SOLVER.SEED", "-1", "2**32"),
     ("MODEL.DEVICE", "gpu", "cuda:N"),
     ("MODEL.DEVICE", "cuda:x", "cuda:N"),
-    ("MODEL.HEAT.NUM_CYCLES", "0", ">= 1"),
+    ("MODEL.HEAT.NUM_CYCLES", "-1", ">= 0"),
     ("MODEL.HEAT.TAU", "0.0", "> 0"),
     ("MODEL.LABEL_SMOOTHING", "1.0", "[0, 1)"),
     ("MODEL.MODALITIES", "['RGB', 'RGB']", "distinct"),

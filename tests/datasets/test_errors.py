@@ -144,7 +144,7 @@ def test_user_error_from_dataloader_worker_keeps_its_message(tmp_path):
     bad = tmp_path / "RGBNT201" / "test" / "NI" / "000258_cam2_0_00.jpg"
     _corrupt(bad)
     ds = make_dataset("RGBNT201", str(tmp_path))
-    transform = MultiModalTransform(build_image_transform(False, (16, 8), (0.5,) * 3, (0.5,) * 3))
+    transform = MultiModalTransform(build_image_transform(False, (16, 8)))
     loader = DataLoader(TransformedSamples(ds, ds.query, transform), batch_size=2, num_workers=1)
     with pytest.raises(UserError) as excinfo:
         next(iter(loader))

@@ -137,8 +137,10 @@ def test_train_loader_config_errors(tiny_root, tmp_path):
     dataset = make_dataset("Synthetic", tiny_root)  # 8 training identities
     with pytest.raises(UserError, match="12 identities per batch, but Synthetic has only 8 training identities"):
         make_train_loader(tiny_config(tiny_root, str(tmp_path), "SOLVER.IMS_PER_BATCH", "48"), dataset)
-    with pytest.raises(UserError, match="4 identities per batch cannot be split evenly over 3 processes"):
-        make_train_loader(tiny_config(tiny_root, str(tmp_path)), dataset, rank=0, world_size=3)
+    for world_size in (3, 4):  # uneven; even, but one identity per process
+        with pytest.raises(UserError, match=f"= 4 identities per batch cannot give each of {world_size} processes the "
+                                            f"same number, at least 2; use a multiple of {2 * world_size} identities"):
+            make_train_loader(tiny_config(tiny_root, str(tmp_path)), dataset, rank=0, world_size=world_size)
 
 
 def test_train_loader_batches_reproducible_and_split_over_ranks(tiny_root, tmp_path):
@@ -155,6 +157,8 @@ def test_train_loader_batches_reproducible_and_split_over_ranks(tiny_root, tmp_p
     halves = [next(iter(make_train_loader(cfg, dataset, rank=r, world_size=2))) for r in range(2)]
     for key in ("RGB", "NI", "TI", "pid", "camid", "index"):
         assert torch.equal(torch.cat([h[key] for h in halves]), first[key]), key
+    for m in ("RGB", "NI", "TI"):  # the erased boxes and the keys of their values too
+        assert torch.equal(torch.cat([h["erase"][m] for h in halves]), first["erase"][m]), m
     assert "present" not in first
 
 

@@ -126,3 +126,60 @@ def test_cycle_is_sequential_gauss_seidel(share):
         torch.testing.assert_close(out.patches[m], p[m])
     assert len(out.cls_trace) == 2 and len(out.stats) == 6
     assert len(cycle.operators) == (1 if share else 6)
+
+
+@pytest.mark.parametrize("diffusion", ["dct", "stencil"])
+def test_grid_constants_are_non_persistent_buffers_made_outside_any_inference_mode(diffusion):
+    """The DCT / eigenvalue / stencil matrices belong to the operator: they follow it to its device and are
+    not created during the forward. A first forward under inference_mode must not poison later training
+    (a process-wide cache made there held inference tensors, which autograd refuses to save)."""
+    op = HeatConductionOperator(16, (3, 7), diffusion)  # a grid no other test uses
+    assert not any("dct" in k or "eigen" in k or "norm" in k for k in op.state_dict())
+    assert {n for n, _ in op.named_buffers()} == (
+        {"dct_h", "dct_w", "eigenvalues"} if diffusion == "dct" else {"adjacency_norm"})
+    (cs, ps), (ct, pt) = _tokens(2, 21, 16, 0), _tokens(2, 21, 16, 1)
+    k = torch.full((16,), 0.3) if diffusion == "dct" else None
+    with torch.inference_mode():
+        op(cs, ps, ct, pt, k)
+    pt.requires_grad_(True)
+    cls, pat, _ = op(cs, ps, ct, pt, k)
+    (cls.sum() + pat.sum()).backward()
+    assert pt.grad is not None and torch.isfinite(pt.grad).all()
+
+
+def test_zero_cycles_is_the_identity_without_parameters():
+    cycle = HeatCycle(["RGB", "NI", "TI"], 16, (2, 2), num_cycles=0)
+    assert not list(cycle.parameters()) and cycle.parameter_stats() == {}
+    cls = {m: torch.randn(2, 16) for m in cycle.order}
+    pat = {m: torch.randn(2, 4, 16) for m in cycle.order}
+    out = cycle(cls, pat)
+    assert all(torch.equal(out.cls[m], cls[m]) and torch.equal(out.patches[m], pat[m]) for m in cycle.order)
+    assert out.summary() == {}
+
+
+@pytest.mark.parametrize("diffusion", ["dct", "stencil"])
+def test_gradient_checkpointing_of_the_cycle_keeps_values_and_saves_memory(diffusion):
+    order = ["RGB", "NI", "TI"]
+    saved = {}
+    results = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        cycle = HeatCycle(order, 32, (4, 2), num_cycles=3, diffusion=diffusion, grad_ckpt=ckpt)
+        gen = torch.Generator().manual_seed(1)
+        cls = {m: torch.randn(2, 32, generator=gen, requires_grad=True) for m in order}
+        pat = {m: torch.randn(2, 8, 32, generator=gen, requires_grad=True) for m in order}
+        nbytes = []
+
+        def pack(t, nbytes=nbytes):
+            nbytes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = cycle(cls, pat)
+        loss = sum(out.cls[m].pow(2).sum() + out.patches[m].pow(2).sum() for m in order)
+        loss.backward()
+        saved[ckpt] = sum(nbytes)
+        results[ckpt] = [loss.detach(), *[p.grad for p in cycle.parameters()], *[cls[m].grad for m in order]]
+    for a, b in zip(results[False], results[True]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert saved[True] < saved[False] / 4

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from datasets import make_dataset, make_test_loader
 from model import checkpoint_record, make_model
 from processor import tester
+from processor.device import BatchToDevice
 from processor.evaluation import View, extract_views
 from tests.conftest import kept_logging, tiny_config
 from utils.files import atomic_save
@@ -40,8 +41,9 @@ def test_zero_and_drop_differ_as_documented(tiny_root, tmp_path):
     model = _model(cfg, dataset)
     loader = make_test_loader(cfg, dataset, dataset.query)
     views = [View(p, s) for p in ("zero", "drop") for s in ("none", "t", "rn")]
-    feats = extract_views(model, loader, torch.device("cpu"), views, progress=False)
-    batch = next(iter(loader))
+    to_device = BatchToDevice(cfg, torch.device("cpu"))  # uint8 images -> normalised float32
+    feats = extract_views(model, loader, to_device, views, progress=False)
+    batch = to_device(next(iter(loader)))
     assert len(batch["pid"]) == len(dataset.query)
     dim = model.encoder("RGB").embed_dim
     with torch.no_grad():
@@ -80,7 +82,7 @@ def test_any_to_any_table_is_evaluate_rank_of_its_views(tiny_root, tmp_path):
     assert len(table["mAP"]) == 7 and all(len(row) == 7 for row in table["Rank-1"])
     assert record["query_miss"] == record["gallery_miss"] == "none" and record["mAP"] == table["mAP"][0][0]
 
-    batch = next(iter(make_test_loader(cfg, dataset, dataset.query)))
+    batch = BatchToDevice(cfg, torch.device("cpu"))(next(iter(make_test_loader(cfg, dataset, dataset.query))))
     meta = dataset.eval_metadata(dataset.query, dataset.gallery)
     with torch.no_grad():
         for query, gallery in ((("RGB",), ("NI",)), (("RGB", "NI", "TI"), ("TI",))):

@@ -13,6 +13,7 @@ from datasets.synthetic import generate
 from model import checkpoint_record, make_model
 from processor import evaluation, tester
 from processor.cli import run_cli
+from processor.device import BatchToDevice
 from tests.conftest import REPO, tiny_config
 from tests.model.released_reference import released_features, released_state_dict
 from utils.files import atomic_save
@@ -65,7 +66,7 @@ def test_test_py_gives_the_released_models_features(tmp_path, monkeypatch):
 
     dataset = make_dataset("Synthetic", root)
     assert len(dataset.query) == 3
-    batch = next(iter(make_test_loader(cfg, dataset, dataset.query)))
+    batch = BatchToDevice(cfg, torch.device("cpu"))(next(iter(make_test_loader(cfg, dataset, dataset.query))))
     expected = released_features(state, visual, batch)
     ours = captured["none"]
     assert ours.shape == expected.shape == (3, 6912)

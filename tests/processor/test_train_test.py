@@ -8,6 +8,7 @@ from datasets import make_dataset, make_test_loader, make_train_loader
 from loss import make_loss
 from model import make_model
 from processor import evaluation, tester
+from processor.device import BatchToDevice
 from processor.evaluation import extract_features
 from solver import make_optimizer
 from tests.conftest import tiny_config
@@ -19,7 +20,7 @@ def test_a_short_training_run_lowers_the_loss(tiny_root, tmp_path):
     dataset = make_dataset("Synthetic", tiny_root)
     model = make_model(cfg, dataset.num_train_pids).train()
     loss_fn, optimizer = make_loss(cfg, dataset.num_train_pids), make_optimizer(cfg, model)
-    batch = next(iter(make_train_loader(cfg, dataset)))
+    batch = BatchToDevice(cfg, torch.device("cpu"))(next(iter(make_train_loader(cfg, dataset))))
     history = []
     for _ in range(8):
         losses = loss_fn(model(batch), batch["pid"])
@@ -66,8 +67,9 @@ def test_missing_modality_features_equal_zeroed_images(tiny_root, tmp_path):
     dataset = make_dataset("Synthetic", tiny_root)
     model = make_model(cfg, dataset.num_train_pids).eval()
     loader = make_test_loader(cfg, dataset, dataset.query[:20])
-    feats = extract_features(model, loader, torch.device("cpu"), ["none", "t", "rn"], progress=False)
-    batch = next(iter(make_test_loader(cfg, dataset, dataset.query[:20])))
+    to_device = BatchToDevice(cfg, torch.device("cpu"))
+    feats = extract_features(model, loader, to_device, ["none", "t", "rn"], progress=False)
+    batch = to_device(next(iter(make_test_loader(cfg, dataset, dataset.query[:20]))))
     with torch.no_grad():
         torch.testing.assert_close(feats["none"], model(batch), atol=1e-5, rtol=1e-5)
         for setting, missing in (("t", ["TI"]), ("rn", ["RGB", "NI"])):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from config import load_config
 from datasets import make_dataset, make_test_loader
 from model import load_model, read_checkpoint
+from processor.device import BatchToDevice
 from processor.evaluation import extract_features
 from tools import extract_features as tool
 
@@ -46,8 +47,8 @@ def test_features_of_a_folder_with_two_of_three_modalities(tiny_root, trained_ru
     # the evaluation's own path: the same samples of the dataset, TI missing ("t") / NI and TI missing ("nt")
     cfg = load_config(config, ["DATASETS.ROOT_DIR", tiny_root])
     model = load_model(cfg, read_checkpoint(weight)).eval()
-    expected = extract_features(model, make_test_loader(cfg, dataset, samples), torch.device("cpu"), ["t", "nt"],
-                                progress=False)
+    expected = extract_features(model, make_test_loader(cfg, dataset, samples), BatchToDevice(cfg, torch.device("cpu")),
+                                ["t", "nt"], progress=False)
     np.testing.assert_allclose(features[:5], F.normalize(expected["t"][:5], dim=1).numpy(), atol=1e-5)
     np.testing.assert_allclose(features[5], F.normalize(expected["nt"][5], dim=0).numpy(), atol=1e-5)
 

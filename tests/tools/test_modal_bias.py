@@ -11,6 +11,7 @@ import torch
 from config import load_config
 from datasets import make_dataset, make_test_loader
 from model import load_model, read_checkpoint
+from processor.device import BatchToDevice
 from tools import modal_bias
 
 MODS = ["RGB", "NI", "TI"]
@@ -44,8 +45,10 @@ def test_modal_bias_report(trained_run, tmp_path, capsys):
     cfg = load_config(config)
     model = load_model(cfg, read_checkpoint(weight)).eval()
     dataset = make_dataset("Synthetic", cfg.DATASETS.ROOT_DIR)
+    to_device = BatchToDevice(cfg, torch.device("cpu"))
     with torch.no_grad():
-        feats = torch.cat([model(b) for b in make_test_loader(cfg, dataset, dataset.query)]).double().numpy()
+        feats = torch.cat([model(to_device(b)) for b in make_test_loader(cfg, dataset, dataset.query)])
+    feats = feats.double().numpy()
     C = feats.shape[1] // 9
     parts = {name: feats[:, i * 3 * C:(i + 1) * 3 * C] for i, name in enumerate(["ori", "heat_cls", "heat_pat"])}
     blocks = {name: {m: p[:, j * C:(j + 1) * C] for j, m in enumerate(MODS)} for name, p in parts.items()}
