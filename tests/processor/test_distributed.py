@@ -1,10 +1,12 @@
 """torchrun on CPU (gloo): two processes train, one writes; the replicas stay identical; one step equals one
 process on the global batch; the no-heat ablation trains; evaluation is shared between the processes."""
 
+import datetime
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,7 +70,9 @@ def _worker(rank: int, init_file: str, results) -> None:
 
     from processor.distributed import DistInfo, MainProcessFailed, main_process_first, run_on_main
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    # a collective that never completes raises after the timeout instead of hanging the suite
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
     info = DistInfo(rank, 2, rank, torch.device("cpu"))
     outcome = []
     outcome.append(run_on_main(info, lambda: "value"))
@@ -96,6 +100,12 @@ def test_a_failure_on_the_main_process_stops_every_process(tmp_path):
 
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        context = mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=False)
+        deadline = time.monotonic() + 300
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail("the two processes did not finish within 300 s")
         assert results[0] == ["value", "ValueError", "ValueError"]
         assert results[1] == [None, "MainProcessFailed", "MainProcessFailed"]
