@@ -227,7 +227,8 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
     sections.append("## Both missing-modality protocols (missing in query and gallery)\n\n"
                     f"Full modalities: robust {full['robust']['mAP']:.1f} mAP / {full['robust']['Rank-1']:.1f} "
                     f"Rank-1, standard {full['standard']['mAP']:.1f} / {full['standard']['Rank-1']:.1f}: "
-                    f"{gap:+.1f} points below the standard model (target <= {FULL_TOLERANCE:.0f}: "
+                    f"{abs(gap):.1f} points {'below' if gap > 0 else 'above'} the standard model (target: at most "
+                    f"{FULL_TOLERANCE:.0f} below: "
                     f"{_check(gap <= FULL_TOLERANCE)}).\n\n" + "\n\n".join(tables))
 
     # 3. any-to-any
