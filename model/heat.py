@@ -219,7 +219,8 @@ class HeatOutput:
     the class tokens after cycle c; ``stats[(cycle, source, target)]`` the operator's κ, g and G.
 
     With missing modalities, ``edge_present[(source, target)]`` (B,) tells the samples in which the edge ran
-    as named (both ends present); the other samples' statistics belong to another edge or to none.
+    as named (both ends present); the other samples' statistics belong to another edge or to none. It lives
+    where the caller's masks live (the loader's: on the host).
     """
 
     cls: dict[str, torch.Tensor]
@@ -234,11 +235,15 @@ class HeatOutput:
         sums: dict[str, list[torch.Tensor]] = {}
         for (_, src, tgt), stats in self.stats.items():
             ran = None if self.edge_present is None else self.edge_present[(src, tgt)]
-            if ran is not None and not ran.any():
+            count = None if ran is None else int(ran.sum())
+            if count == 0:
                 continue
             for name, value in stats.items():
                 value = value.detach().float()
-                sums.setdefault(f"{src}->{tgt}/{name}", []).append((value if ran is None else value[ran]).mean())
+                if ran is not None:  # the mean over the samples that ran it, without a boolean index (a sync)
+                    weight = ran.to(value.device, non_blocking=True).view(-1, *[1] * (value.dim() - 1))
+                    value = (value * weight).sum() / (count * value[0].numel())
+                sums.setdefault(f"{src}->{tgt}/{name}", []).append(value.mean())
         return {key: torch.stack(values).mean() for key, values in sums.items()}
 
 
@@ -311,6 +316,9 @@ class HeatCycle(nn.Module):
         visited in the order of the full one (RGB -> NI -> TI without NI: RGB -> TI -> RGB). A modality
         present alone conducts with itself, as the cycle of a one-modality model does. With nothing missing
         this is the plain cycle, operation for operation.
+
+        The masks may live on the host (the loader's): what they decide (is anything missing, which edges run
+        at all) is read there, with no wait for the device, and they are then copied to the tokens' device.
         """
         if present is not None and all(bool(p.all()) for p in present.values()):
             present = None
@@ -319,6 +327,9 @@ class HeatCycle(nn.Module):
         out = HeatOutput(cls, patches)
         if present is not None:
             out.edge_present = {(src, tgt): present[src] & present[tgt] for src, tgt in self.edges}
+            runs = {m: bool(p.any()) for m, p in present.items()}                  # targets present in the batch
+            device = next(iter(cls.values())).device
+            present = {m: p.to(device, non_blocking=True) for m, p in present.items()}
         checkpointed = self.grad_ckpt and torch.is_grad_enabled()
 
         def conduct(op, *args):
@@ -333,9 +344,9 @@ class HeatCycle(nn.Module):
                     cls[tgt], patches[tgt], stats = conduct(
                         operator, cls[src], patches[src], cls[tgt], patches[tgt], conductivity, tau)
                 else:
-                    on = present[tgt]                                                        # (B,)
-                    if not on.any():
+                    if not runs[tgt]:
                         continue
+                    on = present[tgt]                                                        # (B,)
                     src_cls, src_pat = self._nearest_present_source(tgt, cls, patches, present)
                     new_cls, new_pat, stats = conduct(
                         operator, src_cls, src_pat, cls[tgt], patches[tgt], conductivity, tau)

@@ -61,12 +61,13 @@ class MHCF(nn.Module):
         return self.backbone if self.shared_backbone else self.backbone[modality]
 
     def presence(self, batch: Mapping) -> dict[str, torch.Tensor] | None:
-        """The batch's ``"present"`` masks (B,) on the images' device, or None when nothing is missing."""
+        """The batch's ``"present"`` masks (B,) bool, or None when nothing is missing. They stay where they
+        are: the loader's are on the host, where checking them and finding the present rows costs no wait for
+        the device (:meth:`encode`, :meth:`fuse` and the heat cycle copy them to the device)."""
         present = batch.get("present")
         if present is None:
             return None
-        device = batch[self.modalities[0]].device
-        present = {m: present[m].to(device=device, dtype=torch.bool) for m in self.modalities}
+        present = {m: present[m].to(torch.bool) for m in self.modalities}
         if not bool(sum(p.to(torch.int64) for p in present.values()).min() > 0):
             raise ValueError("every sample needs at least one present modality")
         return None if all(bool(p.all()) for p in present.values()) else present
@@ -81,12 +82,14 @@ class MHCF(nn.Module):
                 tokens = self.backbone(images).chunk(len(self.modalities))    # M x (B, 1 + N, C)
                 return dict(zip(self.modalities, tokens))
             return {m: self.backbone[m](batch[m]) for m in self.modalities}
-        rows = {m: present[m].nonzero()[:, 0] for m in self.modalities}
+        device = batch[self.modalities[0]].device
+        counts = {m: int(present[m].sum()) for m in self.modalities}            # read where the masks live
+        rows = {m: present[m].nonzero()[:, 0].to(device, non_blocking=True) for m in self.modalities}
         if self.shared_backbone:
             images = torch.cat([batch[m][rows[m]] for m in self.modalities])   # (present images, 3, H, W)
-            encoded = dict(zip(self.modalities, self.backbone(images).split([len(r) for r in rows.values()])))
+            encoded = dict(zip(self.modalities, self.backbone(images).split(list(counts.values()))))
         else:  # a modality absent from the whole batch is not run at all (oneDNN's kernels reject 0 images)
-            encoded = {m: self.backbone[m](batch[m][r]) for m, r in rows.items() if len(r)}
+            encoded = {m: self.backbone[m](batch[m][r]) for m, r in rows.items() if counts[m]}
         first = next(iter(encoded.values()))                                    # (b, 1 + N, C)
         zeros = first.new_zeros(len(present[self.modalities[0]]), *first.shape[1:])  # (B, 1 + N, C)
         return {m: zeros.index_put((r,), encoded[m]) if m in encoded else zeros for m, r in rows.items()}
@@ -101,6 +104,8 @@ class MHCF(nn.Module):
                  "heat_cls": {m: heat.cls[m] for m in self.modalities},
                  "heat_pat": {m: heat.patches[m].mean(1) for m in self.modalities}}
         if present is not None:
+            device = tokens[self.modalities[0]].device
+            present = {m: p.to(device, non_blocking=True) for m, p in present.items()}
             slots = {name: fill_absent(per_modality, present) for name, per_modality in slots.items()}
         features = {name: torch.cat([per_modality[m] for m in self.modalities], dim=1)
                     for name, per_modality in slots.items()}

@@ -73,8 +73,7 @@ def extract_views(model: MHCF, loader, to_device: Callable[[dict], dict], views:
             for view in out:
                 missing = missing_modalities(view.setting, modalities)
                 if view.protocol == DROP:
-                    present = {m: torch.full((len(first),), m not in missing, device=first.device)
-                               for m in modalities}
+                    present = {m: torch.full((len(first),), m not in missing) for m in modalities}  # host
                     features, _ = model.fuse(tokens, present)
                 else:
                     if missing and zero_tokens is None:

@@ -297,7 +297,8 @@ class Trainer:
         with tf32(self.cfg.MODEL.TF32), autocast_context(self.device, self.cfg.SOLVER.AMP):
             outputs = self.train_model(batch)
             groups = presence_groups(batch.get("present"), self.model.modalities)  # None: nothing dropped
-            losses = self.loss_fn(outputs, pids, None if groups is None else groups.to(self.device))
+            groups = None if groups is None else groups.to(self.device, non_blocking=True)
+            losses = self.loss_fn(outputs, pids, groups)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         with tf32(self.cfg.MODEL.TF32):

@@ -36,7 +36,11 @@ CUDA = torch.device("cuda", 0)
 
 class StepAudit(TorchDispatchMode):
     """Records, with the iteration they happen in, syncs, uploads and every other operation that takes or
-    makes a CPU tensor; a sync returns a placeholder value (the fake tensor has none)."""
+    makes a CPU tensor; a sync returns a placeholder value (the fake tensor has none).
+
+    Work on the loader's host tensors alone (real CPU tensors in, e.g. the missing-modality masks) is the host's
+    own: it runs for real, its values are read without a wait for the device, and it is recorded apart
+    (``host_ops``)."""
 
     def __init__(self):
         super().__init__()
@@ -45,6 +49,7 @@ class StepAudit(TorchDispatchMode):
         self.syncs: list[tuple[int, bool]] = []
         self.uploads: list[tuple[int, torch.dtype, bool]] = []
         self.cpu_ops: list[tuple[int, str]] = []
+        self.host_ops: list[tuple[int, str]] = []
         self.matmuls: list[tuple[torch.dtype, bool]] = []   # (output dtype, TF32 allowed)
         self.gram: list[tuple[torch.dtype, bool]] = []      # the same, of the (N, D) @ (D, N)-view products
 
@@ -53,6 +58,11 @@ class StepAudit(TorchDispatchMode):
         if func is torch.ops.prim.device.default:   # a tensor's .device asked: no operation
             return func(*args, **kwargs)
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if (inputs and all(type(t) is torch.Tensor and t.device.type == "cpu" for t in inputs)
+                and torch.device(kwargs.get("device") or "cpu").type == "cpu"):
+            self.host_ops.append((self.iteration, str(func)))
+            with unset_fake_temporarily():
+                return func(*args, **kwargs)
         if func is aten._local_scalar_dense.default:
             self.syncs.append((self.iteration, self.in_step))
             dtype = inputs[0].dtype
@@ -85,7 +95,7 @@ class Batches:
 
     def __init__(self, loader, audit: StepAudit):
         self.sampler = loader.sampler
-        key = (loader.batch_size, loader.sampler.num_instances)
+        key = (loader.batch_size, loader.sampler.num_instances, repr(loader.sampler.dropout))
         if key not in _drawn:
             with unset_fake_temporarily():
                 loader.sampler.set_epoch(1)
@@ -230,3 +240,18 @@ def test_benchmark_step_and_matmul_on_fake_cuda(tiny_root, tmp_path):
     assert {non_blocking for _, _, non_blocking in audit.uploads} == {True}
     assert torch.bfloat16 in {d for d, _ in audit.matmuls}
     assert (product.device, product.dtype) == (CUDA, torch.bfloat16) and list(kernels) == ["torch.mm"]
+
+
+def test_training_for_missing_modalities_on_fake_cuda(tiny_root, tmp_path):
+    """INPUT.MODALITY_DROPOUT: every sample twice, the copy with modalities left out. What the presence masks
+    decide (which images to encode, which edges run, the triplet groups) is read on the host from the
+    loader's masks: still no sync inside the step, and the masks reach the device as non-blocking uploads."""
+    cfg = _config(tiny_root, str(tmp_path), "SOLVER.AMP", "fp16", "INPUT.MODALITY_DROPOUT", "1.0")
+    trainer, audit, losses, logits = _epoch_on_fake_cuda(cfg)
+    assert not audit.cpu_ops, audit.cpu_ops[:10]
+    assert audit.host_ops                                          # the masks' checks and rows, on the host
+    assert audit.syncs and not [s for s in audit.syncs if s[1]], audit.syncs   # none inside the step
+    kinds = Counter((t, non_blocking) for _, t, non_blocking in audit.uploads)
+    assert set(kinds) == {(torch.uint8, True), (torch.int64, True), (torch.bool, True)}, kinds
+    assert kinds[(torch.uint8, True)] == 3                         # each modality's images once
+    assert losses == [(CUDA, torch.float32, 0)] and logits == [(CUDA, torch.float16)]
