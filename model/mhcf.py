@@ -83,13 +83,13 @@ class MHCF(nn.Module):
                 return dict(zip(self.modalities, tokens))
             return {m: self.backbone[m](batch[m]) for m in self.modalities}
         device = batch[self.modalities[0]].device
-        counts = {m: int(present[m].sum()) for m in self.modalities}            # read where the masks live
-        rows = {m: present[m].nonzero()[:, 0].to(device, non_blocking=True) for m in self.modalities}
+        found = {m: present[m].nonzero()[:, 0] for m in self.modalities}        # found where the masks live
+        rows = {m: r.to(device, non_blocking=True) for m, r in found.items()}
         if self.shared_backbone:
             images = torch.cat([batch[m][rows[m]] for m in self.modalities])   # (present images, 3, H, W)
-            encoded = dict(zip(self.modalities, self.backbone(images).split(list(counts.values()))))
+            encoded = dict(zip(self.modalities, self.backbone(images).split([len(r) for r in found.values()])))
         else:  # a modality absent from the whole batch is not run at all (oneDNN's kernels reject 0 images)
-            encoded = {m: self.backbone[m](batch[m][r]) for m, r in rows.items() if counts[m]}
+            encoded = {m: self.backbone[m](batch[m][rows[m]]) for m, r in found.items() if len(r)}
         first = next(iter(encoded.values()))                                    # (b, 1 + N, C)
         zeros = first.new_zeros(len(present[self.modalities[0]]), *first.shape[1:])  # (B, 1 + N, C)
         return {m: zeros.index_put((r,), encoded[m]) if m in encoded else zeros for m, r in rows.items()}
