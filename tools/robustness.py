@@ -31,7 +31,9 @@ Then it evaluates, on the test set, with the dataset's own protocol:
    baseline (features drawn independently per sample, mean and spread over 20 draws). Target: every
    single-modality -> single-modality cell of the robust model at least MARGIN (3) mAP points above the
    baseline. On the Synthetic set the only identity cue two modalities share is the build (4 values), so
-   the table also gives the ceiling of such a cell: features that know the build exactly and nothing else.
+   the table also gives the ceiling of such a cell: features that know the build exactly and nothing else,
+   and a probe of the single-modality features: how well each tells the build apart, and whether another
+   modality's features express it alike (nearest build centre, two folds of the test identities).
 
 Prints the tables and writes ``robustness.json`` and ``robustness.md`` into ``--runs``. Every figure is
 the final epoch of a run with a recipe fixed before it was evaluated; nothing is selected on the test set.
@@ -48,15 +50,16 @@ from yacs.config import CfgNode
 
 from config import load_config, saved_values
 from config.validate import LENGTH, MODEL, RULES, TRAINING, flat_items
-from datasets import MultiModalDataset, make_dataset
-from processor.device import resolve_device
-from processor.evaluation import View, evaluate_pairs
+from datasets import MultiModalDataset, make_dataset, make_test_loader
+from model import MHCF
+from processor.device import BatchToDevice, resolve_device
+from processor.evaluation import View, evaluate_pairs, evaluation_samples, extract_views
 from processor.results import any_to_any_record, format_any_to_any, format_results
 from processor.trainer import train
 from utils.errors import UserError
 from utils.logger import setup_logging
 from utils.metrics import evaluate_features
-from utils.modalities import DROP, NONE, PROTOCOLS, kept_modalities, miss_settings, missing_modalities
+from utils.modalities import DROP, NONE, PROTOCOLS, initial, kept_modalities, miss_settings, missing_modalities
 
 from .common import add_config_arguments, load_trained_model, run_tool, tool_parser, write_report
 
@@ -166,8 +169,52 @@ def random_baseline(cfg: CfgNode, dataset: MultiModalDataset, dim: int, draws: i
     return {"mAP": mean[0], "mAP_std": std[0], "Rank-1": mean[1], "Rank-1_std": std[1], "draws": draws}
 
 
-def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.device, any_to_any: bool) -> dict:
-    """The model of ``cfg.OUTPUT_DIR``: both protocols' sweeps and, with ``any_to_any``, the drop table."""
+def nearest_centre_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                            test_labels: torch.Tensor) -> float:
+    """Percent of the ``test`` rows whose nearest class centre (Euclidean; a centre: the mean of ``train``'s rows
+    of one class) is that of their own class."""
+    classes = train_labels.unique()
+    centres = torch.stack([train[train_labels == c].mean(0) for c in classes])
+    predicted = classes[torch.cdist(test, centres).argmin(1)]
+    return 100 * (predicted == test_labels).double().mean().item()
+
+
+def shared_cue_probe(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
+                     labels: dict[int, int]) -> dict:
+    """How much of a shared attribute (``labels``: raw identity -> value) the single-modality views carry, and
+    whether in the same directions: for every modality A (centres) and B (classified), the nearest-centre
+    accuracy of the attribute from B's test features with centres from A's, under protocol drop, normalised as
+    retrieval compares them (TEST.FEAT_NORM). Two folds of the test identities (alternate identities in
+    sorted order): the centres come from one fold, the other is classified, and the other way round; the
+    accuracy counts both. The diagonal (A = B) is what one modality's features know of the attribute; off it,
+    whether another modality's features express it alike, as single -> other single retrieval needs.
+    Returns ``{"accuracy": {A: {B: percent}}, "chance": percent}``."""
+    samples = evaluation_samples(dataset)
+    modalities = model.modalities
+    views = {m: View(DROP, "".join(initial(o) for o in modalities if o != m)) for m in modalities}
+    loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
+    feats = extract_views(model, loader, BatchToDevice(cfg, device), list(views.values()), progress=False)
+    feats = {m: F.normalize(feats[v], dim=1) if cfg.TEST.FEAT_NORM else feats[v] for m, v in views.items()}
+    value = torch.tensor([labels[s.pid] for s in samples])
+    order = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
+    fold = torch.tensor([order[s.pid] % 2 for s in samples], dtype=torch.bool)
+    accuracy = {a: {b: two_fold_accuracy(feats[a], feats[b], value, fold) for b in modalities} for a in modalities}
+    return {"accuracy": accuracy, "chance": 100 / len(set(labels.values()))}
+
+
+def two_fold_accuracy(centres_from: torch.Tensor, classified: torch.Tensor, labels: torch.Tensor,
+                      fold: torch.Tensor) -> float:
+    """:func:`nearest_centre_accuracy` of ``classified``'s rows of one fold (``fold`` (N,) bool) with centres
+    from ``centres_from``'s rows of the other fold, both ways, over all N rows (percent)."""
+    right = sum(nearest_centre_accuracy(centres_from[fold == f], labels[fold == f], classified[fold != f],
+                                        labels[fold != f]) * int((fold != f).sum()) for f in (True, False))
+    return right / len(labels)
+
+
+def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.device, any_to_any: bool,
+                   shared: dict[int, int] | None = None) -> dict:
+    """The model of ``cfg.OUTPUT_DIR``: both protocols' sweeps and, with ``any_to_any``, the drop table and,
+    given the shared attribute, :func:`shared_cue_probe`."""
     model = load_trained_model(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), device)
     settings = miss_settings(model.modalities)
     pairs = [(View(p, s), View(p, s)) for p in PROTOCOLS for s in settings]
@@ -177,6 +224,8 @@ def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.devic
            "feature_dim": model.feature_dim}
     if any_to_any:
         out["any_to_any"] = {pair: results[pair] for pair in cross}
+        if shared is not None:
+            out["probe"] = shared_cue_probe(cfg, model, dataset, device, shared)
     return out
 
 
@@ -190,7 +239,9 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
     dataset = make_dataset(robust_cfg.DATASETS.NAMES, robust_cfg.DATASETS.ROOT_DIR)
     modalities = list(robust_cfg.MODEL.MODALITIES)
     settings = miss_settings(modalities)
-    evaluated = {name: evaluate_model(cfg, dataset, device, any_to_any=name in ("robust", "standard"))
+    builds = getattr(dataset, "builds", None)
+    shared = builds() if builds is not None else None
+    evaluated = {name: evaluate_model(cfg, dataset, device, any_to_any=name in ("robust", "standard"), shared=shared)
                  for name, cfg in configs.items()}
     mAP = {name: {p: {s: r.as_percent()["mAP"] for s, r in sweep.items()} for p, sweep in e["sweeps"].items()}
            for name, e in evaluated.items()}
@@ -235,9 +286,8 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
     dim = evaluated["robust"]["feature_dim"]
     baseline = random_baseline(robust_cfg, dataset, dim)
     ceiling = None
-    builds = getattr(dataset, "builds", None)
-    if builds is not None:
-        ceiling = random_baseline(robust_cfg, dataset, dim, labels=builds())
+    if shared is not None:
+        ceiling = random_baseline(robust_cfg, dataset, dim, labels=shared)
     singles = [s for s in settings[1:] if len(missing_modalities(s, modalities)) == len(modalities) - 1]
     cells = {}
     for name in ("robust", "standard"):
@@ -264,10 +314,26 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
                 + ", ".join(f"{k} {v:.1f}" for k, v in cells["standard"].items()) + ".")
     for name in ("robust", "standard"):
         text.append(f"### {name}\n\n" + format_any_to_any(evaluated[name]["any_to_any"], modalities))
+    if shared is not None:
+        probes = {name: evaluated[name]["probe"] for name in ("robust", "standard")}
+        record["any_to_any"]["build_probe"] = probes
+        text.append(_format_probe(probes, modalities))
     sections.append("\n\n".join(text))
     record["targets"] = {"drop_ratio": {names[s]: ratios[s] >= RATIO_TARGET for s in ratios},
                          "full_gap": gap <= FULL_TOLERANCE, "any_to_any": cells["robust"][worst] >= threshold}
     return record, "\n\n".join(sections)
+
+
+def _format_probe(probes: dict[str, dict], modalities: Sequence[str]) -> str:
+    """The build probe of the robust and the standard model as one Markdown table."""
+    lines = [f"Build probe (`shared_cue_probe` in tools/robustness.py): nearest-build-centre accuracy, percent, chance "
+             f"{probes['robust']['chance']:.0f}; rows: the modality whose features give the centres, columns: the "
+             f"modality classified; robust / standard model.",
+             "| centres \\ classified | " + " | ".join(modalities) + " |", "|---" * (len(modalities) + 1) + "|"]
+    for a in modalities:
+        lines.append(f"| {a} | " + " | ".join(f"{probes['robust']['accuracy'][a][b]:.0f} / "
+                                              f"{probes['standard']['accuracy'][a][b]:.0f}" for b in modalities) + " |")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict:

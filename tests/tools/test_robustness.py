@@ -76,6 +76,12 @@ def test_report_from_finished_runs(tiny_root, tmp_path, capsys):
     ceiling = record["any_to_any"]["shared_cue_ceiling"]
     assert ceiling["mAP"] > baseline["mAP"]  # knowing the build beats chance
     assert record["any_to_any"]["target"]["threshold"] == pytest.approx(baseline["mAP"] + robustness.MARGIN)
+    probe = record["any_to_any"]["build_probe"]
+    assert set(probe) == {"robust", "standard"}
+    for name in probe:
+        accuracy = probe[name]["accuracy"]
+        assert list(accuracy) == ["RGB", "NI", "TI"] and all(list(row) == list(accuracy) for row in accuracy.values())
+        assert all(0 <= v <= 100 for row in accuracy.values() for v in row.values())
 
 
 def test_folders_it_did_not_make_stop_it_before_any_training(tiny_root, tmp_path):
@@ -111,3 +117,19 @@ def test_folders_it_did_not_make_stop_it_before_any_training(tiny_root, tmp_path
     (runs / "standard" / "config.yaml").write_text(other.dump())
     with pytest.raises(UserError, match="differs in SOLVER.BASE_LR"):
         robustness.run_state(configs["standard"])
+
+
+def test_two_fold_accuracy_against_loops():
+    """Nearest build centre: centres from one fold of one modality's features, the other fold classified."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(20, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    labels = torch.randint(0, 3, (20,), generator=gen)
+    fold = torch.arange(20) % 3 == 0
+    right = 0
+    for i in range(20):
+        centres = {c: a[[j for j in range(20) if fold[j] != fold[i] and labels[j] == c]].mean(0)
+                   for c in labels[fold != fold[i]].tolist()}
+        right += min(centres, key=lambda c: float((b[i] - centres[c]).norm())) == labels[i]
+    assert robustness.two_fold_accuracy(a, b, labels, fold) == pytest.approx(100 * right / 20)
+    separable = torch.nn.functional.one_hot(labels, 3).double() + 0.01 * b[:, :3]
+    assert robustness.two_fold_accuracy(separable, separable, labels, fold) == 100
