@@ -21,7 +21,7 @@ from .device import BatchToDevice, tf32
 from .distributed import DistInfo, gather_rows
 
 __all__ = ["View", "evaluate", "evaluate_pairs", "evaluation_features", "evaluation_samples", "extract_features",
-           "extract_views", "score_features"]
+           "extract_views", "score_features", "score_pairs", "view_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ def extract_features(model: MHCF, loader, to_device: Callable[[dict], dict], set
     return {view.setting: f for view, f in feats.items()}
 
 
-def _view_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
-                   views: Sequence[View], progress: bool, info: DistInfo | None) -> dict[View, torch.Tensor]:
-    """:func:`extract_views` of every evaluation sample; under torchrun (``info``) each process encodes a
-    contiguous share and every process receives them all, in order."""
+def view_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device, views: Sequence[View],
+                  progress: bool = True, info: DistInfo | None = None) -> dict[View, torch.Tensor]:
+    """:func:`extract_views` of every evaluation sample (rows in the order of :func:`evaluation_samples`); under
+    torchrun (``info``) each process encodes a contiguous share and every process receives them all, in order."""
     samples = evaluation_samples(dataset)
     info = info or DistInfo(device=device)
     lo, hi = (len(samples) * info.rank // info.world_size, len(samples) * (info.rank + 1) // info.world_size)
@@ -107,8 +107,8 @@ def _view_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device
     return feats
 
 
-def _score(cfg: CfgNode, dataset: MultiModalDataset, feats: Mapping[K, torch.Tensor],
-           pairs: Sequence[tuple[K, K]], device: torch.device) -> dict[tuple[K, K], RankResult]:
+def score_pairs(cfg: CfgNode, dataset: MultiModalDataset, feats: Mapping[K, torch.Tensor],
+                pairs: Sequence[tuple[K, K]], device: torch.device) -> dict[tuple[K, K], RankResult]:
     """The dataset's protocol for every (query features, gallery features) pair of keys of ``feats``;
     distances in full float32 (no TF32) on ``device``."""
     if cfg.TEST.FEAT_NORM:
@@ -136,7 +136,7 @@ def evaluation_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, d
                         protocol: str = ZERO) -> dict[str, torch.Tensor]:
     """Test features of every evaluation sample per TEST.MISS setting under ``protocol``, sharded over the
     processes of a torchrun (``info``) and gathered on every one."""
-    feats = _view_features(cfg, model, dataset, device, [View(protocol, s) for s in settings], progress, info)
+    feats = view_features(cfg, model, dataset, device, [View(protocol, s) for s in settings], progress, info)
     return {view.setting: f for view, f in feats.items()}
 
 
@@ -144,7 +144,7 @@ def score_features(cfg: CfgNode, dataset: MultiModalDataset, feats: Mapping[str,
                    device: torch.device) -> dict[str, RankResult]:
     """The dataset's protocol on test features (:func:`evaluation_features`), per TEST.MISS setting (the same
     modalities missing in query and gallery)."""
-    return {s: r for (s, _), r in _score(cfg, dataset, feats, [(s, s) for s in feats], device).items()}
+    return {s: r for (s, _), r in score_pairs(cfg, dataset, feats, [(s, s) for s in feats], device).items()}
 
 
 def evaluate_pairs(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
@@ -153,7 +153,7 @@ def evaluate_pairs(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device
     view) pair: the query samples seen as the first view are ranked against the gallery seen as the second
     (any-to-any retrieval when they differ). Every image is encoded once."""
     views = list(dict.fromkeys(v for pair in pairs for v in pair))
-    return _score(cfg, dataset, _view_features(cfg, model, dataset, device, views, progress, None), pairs, device)
+    return score_pairs(cfg, dataset, view_features(cfg, model, dataset, device, views, progress), pairs, device)
 
 
 def evaluate(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,

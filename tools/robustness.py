@@ -42,7 +42,7 @@ the final epoch of a run with a recipe fixed before it was evaluated; nothing is
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,9 @@ from yacs.config import CfgNode
 
 from config import load_config, saved_values
 from config.validate import LENGTH, MODEL, RULES, TRAINING, flat_items
-from datasets import MultiModalDataset, make_dataset, make_test_loader
-from model import MHCF
-from processor.device import BatchToDevice, resolve_device
-from processor.evaluation import View, evaluate_pairs, evaluation_samples, extract_views
+from datasets import MultiModalDataset, Sample, make_dataset
+from processor.device import resolve_device
+from processor.evaluation import View, evaluation_samples, score_pairs, view_features
 from processor.results import any_to_any_record, format_any_to_any, format_results
 from processor.trainer import train
 from utils.errors import UserError
@@ -179,26 +178,21 @@ def nearest_centre_accuracy(train: torch.Tensor, train_labels: torch.Tensor, tes
     return 100 * (predicted == test_labels).double().mean().item()
 
 
-def shared_cue_probe(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,
-                     labels: dict[int, int]) -> dict:
-    """How much of a shared attribute (``labels``: raw identity -> value) the single-modality views carry, and
-    whether in the same directions: for every modality A (centres) and B (classified), the nearest-centre
-    accuracy of the attribute from B's test features with centres from A's, under protocol drop, normalised as
-    retrieval compares them (TEST.FEAT_NORM). Two folds of the test identities (alternate identities in
-    sorted order): the centres come from one fold, the other is classified, and the other way round; the
-    accuracy counts both. The diagonal (A = B) is what one modality's features know of the attribute; off it,
-    whether another modality's features express it alike, as single -> other single retrieval needs.
-    Returns ``{"accuracy": {A: {B: percent}}, "chance": percent}``."""
-    samples = evaluation_samples(dataset)
-    modalities = model.modalities
-    views = {m: View(DROP, "".join(initial(o) for o in modalities if o != m)) for m in modalities}
-    loader = make_test_loader(cfg, dataset, samples, pin_memory=device.type == "cuda")
-    feats = extract_views(model, loader, BatchToDevice(cfg, device), list(views.values()), progress=False)
-    feats = {m: F.normalize(feats[v], dim=1) if cfg.TEST.FEAT_NORM else feats[v] for m, v in views.items()}
+def shared_cue_probe(features: Mapping[str, torch.Tensor], samples: Sequence[Sample], labels: Mapping[int, int],
+                     normalise: bool) -> dict:
+    """How much of a shared attribute (``labels``: raw identity -> value) single-modality features carry, and
+    whether in the same directions. ``features``: modality -> (N, D) features of ``samples`` seen in that
+    modality alone (normalised first with ``normalise``, as retrieval compares them: TEST.FEAT_NORM). For every
+    modality A (centres) and B (classified): the nearest-centre accuracy of the attribute from B's features
+    with centres from A's, over two folds of the identities (alternate identities in sorted order; the centres
+    come from one fold, the other is classified, and the other way round). The diagonal (A = B) is what one
+    modality's features know of the attribute; off it, whether another modality's features express it alike,
+    as single -> other single retrieval needs. Returns ``{"accuracy": {A: {B: percent}}, "chance": percent}``."""
+    feats = {m: F.normalize(f, dim=1) if normalise else f for m, f in features.items()}
     value = torch.tensor([labels[s.pid] for s in samples])
     order = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
     fold = torch.tensor([order[s.pid] % 2 for s in samples], dtype=torch.bool)
-    accuracy = {a: {b: two_fold_accuracy(feats[a], feats[b], value, fold) for b in modalities} for a in modalities}
+    accuracy = {a: {b: two_fold_accuracy(feats[a], feats[b], value, fold) for b in feats} for a in feats}
     return {"accuracy": accuracy, "chance": 100 / len(set(labels.values()))}
 
 
@@ -212,20 +206,25 @@ def two_fold_accuracy(centres_from: torch.Tensor, classified: torch.Tensor, labe
 
 
 def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.device, any_to_any: bool,
-                   shared: dict[int, int] | None = None) -> dict:
+                   shared: Mapping[int, int] | None = None) -> dict:
     """The model of ``cfg.OUTPUT_DIR``: both protocols' sweeps and, with ``any_to_any``, the drop table and,
-    given the shared attribute, :func:`shared_cue_probe`."""
+    given the shared attribute, :func:`shared_cue_probe` (on the features of the table's single modalities)."""
     model = load_trained_model(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), device)
     settings = miss_settings(model.modalities)
     pairs = [(View(p, s), View(p, s)) for p in PROTOCOLS for s in settings]
     cross = [(View(DROP, q), View(DROP, g)) for q in settings for g in settings] if any_to_any else []
-    results = evaluate_pairs(cfg, model, dataset, device, list(dict.fromkeys(pairs + cross)), progress=False)
+    compared = list(dict.fromkeys(pairs + cross))
+    feats = view_features(cfg, model, dataset, device, list(dict.fromkeys(v for pair in compared for v in pair)),
+                          progress=False)
+    results = score_pairs(cfg, dataset, feats, compared, device)
     out = {"sweeps": {p: {s: results[(View(p, s), View(p, s))] for s in settings} for p in PROTOCOLS},
            "feature_dim": model.feature_dim}
     if any_to_any:
         out["any_to_any"] = {pair: results[pair] for pair in cross}
         if shared is not None:
-            out["probe"] = shared_cue_probe(cfg, model, dataset, device, shared)
+            alone = {m: feats[View(DROP, "".join(initial(o) for o in model.modalities if o != m))]
+                     for m in model.modalities}
+            out["probe"] = shared_cue_probe(alone, evaluation_samples(dataset), shared, cfg.TEST.FEAT_NORM)
     return out
 
 
