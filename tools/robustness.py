@@ -58,7 +58,7 @@ from processor.trainer import train
 from utils.errors import UserError
 from utils.logger import setup_logging
 from utils.metrics import evaluate_features
-from utils.modalities import DROP, NONE, PROTOCOLS, initial, kept_modalities, miss_settings, missing_modalities
+from utils.modalities import DROP, NONE, PROTOCOLS, kept_modalities, miss_settings, missing_modalities
 
 from .common import add_config_arguments, load_trained_model, run_tool, tool_parser, write_report
 
@@ -168,6 +168,16 @@ def random_baseline(cfg: CfgNode, dataset: MultiModalDataset, dim: int, draws: i
     return {"mAP": mean[0], "mAP_std": std[0], "Rank-1": mean[1], "Rank-1_std": std[1], "draws": draws}
 
 
+def single_settings(modalities: Sequence[str]) -> dict[str, str]:
+    """Modality -> the missing-modality setting that keeps it alone (``{"RGB": "nt", ...}``)."""
+    out = {}
+    for setting in miss_settings(modalities)[1:]:
+        missing = missing_modalities(setting, modalities)
+        if len(missing) == len(modalities) - 1:
+            out[kept_modalities(missing, modalities)] = setting
+    return out
+
+
 def nearest_centre_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                             test_labels: torch.Tensor) -> float:
     """Percent of the ``test`` rows whose nearest class centre (Euclidean; a centre: the mean of ``train``'s rows
@@ -222,8 +232,8 @@ def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.devic
     if any_to_any:
         out["any_to_any"] = {pair: results[pair] for pair in cross}
         if shared is not None:
-            alone = {m: feats[View(DROP, "".join(initial(o) for o in model.modalities if o != m))]
-                     for m in model.modalities}
+            setting = single_settings(model.modalities)
+            alone = {m: feats[View(DROP, setting[m])] for m in model.modalities}
             out["probe"] = shared_cue_probe(alone, evaluation_samples(dataset), shared, cfg.TEST.FEAT_NORM)
     return out
 
@@ -287,7 +297,7 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
     ceiling = None
     if shared is not None:
         ceiling = random_baseline(robust_cfg, dataset, dim, labels=shared)
-    singles = [s for s in settings[1:] if len(missing_modalities(s, modalities)) == len(modalities) - 1]
+    singles = list(single_settings(modalities).values())
     cells = {}
     for name in ("robust", "standard"):
         table = evaluated[name]["any_to_any"]
