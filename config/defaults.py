@@ -242,6 +242,11 @@ _C.TEST.MISS_PROTOCOL = "zero"
 # 7 x 7 table of modality subsets, for three modalities).
 _C.TEST.QUERY_MISS = ""
 _C.TEST.GALLERY_MISS = ""
+# Any-to-any only: where the query and the gallery keep different modalities, compare their L2-normalised
+# features minus the mean of their own setting over the training set (processor/view_centres.py; one more
+# encoding of the training set per setting compared). Cells with the same modalities on both sides are
+# unchanged.
+_C.TEST.CENTRE_VIEWS = False
 # k-reciprocal re-ranking (Zhong et al., CVPR 2017) and its parameters.
 _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20

@@ -219,6 +219,7 @@ RULES: dict[str, Rule] = {
     "TEST.MISS_PROTOCOL": Rule(one_of(*PROTOCOLS), EVAL),
     "TEST.QUERY_MISS": Rule(anything, EVAL),  # "" or a setting of MODEL.MODALITIES (CROSS_RULES)
     "TEST.GALLERY_MISS": Rule(anything, EVAL),  # "" or a setting of MODEL.MODALITIES (CROSS_RULES)
+    "TEST.CENTRE_VIEWS": Rule(anything, EVAL),  # any-to-any only (CROSS_RULES)
     "TEST.RE_RANKING": Rule(anything, EVAL),
     "TEST.RE_RANKING_K1": Rule(at_least(1), EVAL),
     "TEST.RE_RANKING_K2": Rule(at_least(1), EVAL),
@@ -265,6 +266,13 @@ def _miss(cfg):
     return None
 
 
+def _centre_views(cfg):
+    if cfg.TEST.CENTRE_VIEWS and not (cfg.TEST.QUERY_MISS or cfg.TEST.GALLERY_MISS):
+        return "TEST.CENTRE_VIEWS", ("applies to any-to-any retrieval only: set TEST.QUERY_MISS and/or "
+                                     "TEST.GALLERY_MISS"), ("TEST.QUERY_MISS", "TEST.GALLERY_MISS")
+    return None
+
+
 def _dropout(cfg):
     if cfg.INPUT.MODALITY_DROPOUT > 0 and len(cfg.MODEL.MODALITIES) < 2:
         return "INPUT.MODALITY_DROPOUT", "needs at least two MODEL.MODALITIES (a sample keeps at least one)", \
@@ -280,7 +288,7 @@ def _losses(cfg):
 
 
 CROSS_RULES: Sequence[Callable[[CfgNode], tuple[str, str, tuple[str, ...]] | None]] = (
-    _heat_order, _batch, _test_size, _miss, _dropout, _losses)
+    _heat_order, _batch, _test_size, _miss, _centre_views, _dropout, _losses)
 
 
 # --- checks over a whole config ----------------------------------------------------------------------------

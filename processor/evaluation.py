@@ -92,17 +92,19 @@ def extract_features(model: MHCF, loader, to_device: Callable[[dict], dict], set
 
 
 def view_features(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device, views: Sequence[View],
-                  progress: bool = True, info: DistInfo | None = None) -> dict[View, torch.Tensor]:
-    """:func:`extract_views` of every evaluation sample (rows in the order of :func:`evaluation_samples`); under
-    torchrun (``info``) each process encodes a contiguous share and every process receives them all, in order."""
-    samples = evaluation_samples(dataset)
+                  progress: bool = True, info: DistInfo | None = None,
+                  samples: Sequence[Sample] | None = None) -> dict[View, torch.Tensor]:
+    """:func:`extract_views` of ``samples`` (default: every evaluation sample, rows in the order of
+    :func:`evaluation_samples`) with the test transforms; under torchrun (``info``) each process encodes a
+    contiguous share and every process receives them all, in order."""
+    samples = evaluation_samples(dataset) if samples is None else samples
     info = info or DistInfo(device=device)
     lo, hi = (len(samples) * info.rank // info.world_size, len(samples) * (info.rank + 1) // info.world_size)
     loader = make_test_loader(cfg, dataset, samples[lo:hi], pin_memory=device.type == "cuda")
     start = time.time()
     feats = extract_views(model, loader, BatchToDevice(cfg, device), views, progress=progress)
     feats = {v: gather_rows(f, info) for v, f in feats.items()}
-    logger.info("extracted %d x %d test features in %.1f s (%d process(es))", len(samples), len(feats),
+    logger.info("extracted %d x %d features in %.1f s (%d process(es))", len(samples), len(feats),
                 time.time() - start, info.world_size)
     return feats
 

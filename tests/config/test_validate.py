@@ -56,6 +56,7 @@ OUT_OF_RANGE = [
     ("MODEL.MODALITIES", "['RGB', 'NI', 'N2']", "distinct letters"),
     ("MODEL.HEAT.ORDER", "['RGB', 'NI', 'XX']", "permutation"),
     ("TEST.MISS", "rnt", "at least one modality left"),
+    ("TEST.CENTRE_VIEWS", "True", "any-to-any retrieval only: set TEST.QUERY_MISS"),
     ("TEST.RE_RANKING_K1", "0", ">= 1"),
     ("INPUT.SIZE_TEST", "[128, 64]", "must equal INPUT.SIZE_TRAIN"),
     ("OUTPUT_DIR", "''", "must not be empty"),

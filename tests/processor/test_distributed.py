@@ -45,7 +45,7 @@ def test_torchrun_two_processes_on_cpu(tiny_root, tmp_path):
     assert proc.stdout.count("running with config") == 1
     assert proc.stdout.count("final epoch 2") == 1 and proc.stdout.count("epoch 1: mAP") == 1
     assert "device cpu, 2 process(es)" in proc.stdout
-    assert proc.stdout.count("test features in") == 2 and "(2 process(es))" in proc.stdout  # shared encoding
+    assert proc.stdout.count(" features in ") == 2 and "(2 process(es))" in proc.stdout  # shared encoding
     assert "parameters identical on all 2 processes" in proc.stdout
     results = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files if f == "test_results.json"]
     assert results == [str(out / "test_results.json")]

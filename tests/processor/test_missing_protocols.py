@@ -93,3 +93,42 @@ def test_any_to_any_table_is_evaluate_rank_of_its_views(tiny_root, tmp_path):
             assert table["mAP"][i][j] == pytest.approx(100 * expected.mAP, abs=1e-4)
             assert table["Rank-1"][i][j] == pytest.approx(100 * expected.cmc[0], abs=1e-4)
             assert table["mINP"][i][j] == pytest.approx(100 * expected.mINP, abs=1e-4)
+
+
+def test_centred_views_subtract_each_views_training_mean(tiny_root, tmp_path):
+    """TEST.CENTRE_VIEWS: a cell whose query and gallery keep different modalities compares L2-normalised
+    features minus their modalities' mean over the training set (recomputed by hand from the model's forward on
+    the training samples); a cell with the same modalities on both sides is the uncentred one."""
+    cfg = tiny_config(tiny_root, str(tmp_path))
+    dataset = make_dataset("Synthetic", tiny_root)
+    model = _model(cfg, dataset)
+    weight = str(tmp_path / "model.pth")
+    atomic_save(checkpoint_record(model, dataset.num_train_pids, cfg.dump(), 0), weight)
+    with kept_logging():
+        table = tester.test(tiny_config(tiny_root, str(tmp_path / "centred"), "TEST.WEIGHT", weight,
+                                        "TEST.QUERY_MISS", "nt", "TEST.GALLERY_MISS", "all", "TEST.MISS_PROTOCOL",
+                                        "drop", "TEST.CENTRE_VIEWS", "True"))["any_to_any"]
+    assert table["centred_views"] is True and table["query"] == ["RGB"]
+
+    whole = tiny_config(tiny_root, str(tmp_path), "TEST.IMS_PER_BATCH", str(len(dataset.train)))  # one batch
+    to_device = BatchToDevice(cfg, torch.device("cpu"))
+    batch = to_device(next(iter(make_test_loader(cfg, dataset, dataset.query))))
+    train = to_device(next(iter(make_test_loader(whole, dataset, list(dataset.train)))))
+    assert len(train["pid"]) == len(dataset.train)
+    meta = dataset.eval_metadata(dataset.query, dataset.gallery)
+    with torch.no_grad():
+        def centred(kept):
+            mean = F.normalize(model(_masked(train, kept)).double(), dim=1).mean(0)
+            return F.normalize(F.normalize(model(_masked(batch, kept)).double(), dim=1) - mean, dim=1)
+        for gallery, centre in ((("TI",), True), (("RGB", "NI", "TI"), True), (("RGB",), False)):
+            if centre:
+                qf, gf = centred(("RGB",)), centred(gallery)
+            else:
+                qf = gf = F.normalize(model(_masked(batch, ("RGB",))).double(), dim=1)
+            expected = evaluate_rank((2 - 2 * qf @ gf.t()).numpy(), **meta)
+            j = table["gallery"].index("+".join(gallery))
+            assert table["mAP"][0][j] == pytest.approx(100 * expected.mAP, abs=1e-3)
+            assert table["Rank-1"][0][j] == pytest.approx(100 * expected.cmc[0], abs=1e-3)
+        raw = [F.normalize(model(_masked(batch, kept)), dim=1) for kept in (("RGB",), ("TI",))]
+        uncentred = evaluate_rank((2 - 2 * raw[0] @ raw[1].t()).numpy(), **meta).mAP
+        assert abs(table["mAP"][0][table["gallery"].index("TI")] - 100 * uncentred) > 0.5  # centring matters here

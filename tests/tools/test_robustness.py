@@ -76,6 +76,16 @@ def test_report_from_finished_runs(tiny_root, tmp_path, capsys):
     ceiling = record["any_to_any"]["shared_cue_ceiling"]
     assert ceiling["mAP"] > baseline["mAP"]  # knowing the build beats chance
     assert record["any_to_any"]["target"]["threshold"] == pytest.approx(baseline["mAP"] + robustness.MARGIN)
+    # the centred cells are test.py's with TEST.CENTRE_VIEWS
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path / "t2"), "TEST.MISS", "none", "TEST.QUERY_MISS", "nt",
+                         "TEST.GALLERY_MISS", "rt", "TEST.CENTRE_VIEWS", True])
+    with kept_logging():
+        centred = tester.test(cfg)["any_to_any"]
+    assert centred["centred_views"] and centred["query"] == ["RGB"] and centred["gallery"] == ["NI"]
+    assert record["any_to_any"]["cross_modal_cells_centred"]["robust"]["RGB->NI"] == pytest.approx(
+        centred["mAP"][0][0], abs=1e-6)
+    assert record["any_to_any"]["cross_modal_cells_centred"]["robust"]["RGB->NI"] != pytest.approx(
+        record["any_to_any"]["cross_modal_cells"]["robust"]["RGB->NI"], abs=1e-3)
     probe = record["any_to_any"]["build_probe"]
     assert set(probe) == {"robust", "standard"}
     for name in probe:
