@@ -30,13 +30,15 @@ Then it evaluates, on the test set, with the dataset's own protocol:
    three modalities, mAP / Rank-1) for the robust and the standard model, against a random-feature
    baseline (features drawn independently per sample, mean and spread over 20 draws). Target: every
    single-modality -> single-modality cell of the robust model at least MARGIN (3) mAP points above the
-   baseline. On the Synthetic set the only identity cue two modalities share is the build (4 values), so
+   baseline; the same cells again with each side centred on its modality's training mean
+   (TEST.CENTRE_VIEWS). On the Synthetic set the only identity cue two modalities share is the build (4 values), so
    the table also gives the ceiling of such a cell: features that know the build exactly and nothing else,
    and a probe of the single-modality features: how well each tells the build apart, and whether another
    modality's features express it alike (nearest build centre, two folds of the test identities).
 
 Prints the tables and writes ``robustness.json`` and ``robustness.md`` into ``--runs``. Every figure is
-the final epoch of a run with a recipe fixed before it was evaluated; nothing is selected on the test set.
+the final epoch of a run with a recipe fixed before it was evaluated; nothing is selected on the test set by
+the tool (the README says which choices of the recipe and of the evaluation were made on it).
 """
 
 import argparse
@@ -218,8 +220,9 @@ def two_fold_accuracy(centres_from: torch.Tensor, classified: torch.Tensor, labe
 
 def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.device, any_to_any: bool,
                    shared: Mapping[int, int] | None = None) -> dict:
-    """The model of ``cfg.OUTPUT_DIR``: both protocols' sweeps and, with ``any_to_any``, the drop table and,
-    given the shared attribute, :func:`shared_cue_probe` (on the features of the table's single modalities)."""
+    """The model of ``cfg.OUTPUT_DIR``: both protocols' sweeps and, with ``any_to_any``, the drop table, its
+    single -> other single cells with centred views (TEST.CENTRE_VIEWS) and, given the shared attribute,
+    :func:`shared_cue_probe` (on the features of the table's single modalities)."""
     model = load_trained_model(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), device)
     settings = miss_settings(model.modalities)
     pairs = [(View(p, s), View(p, s)) for p in PROTOCOLS for s in settings]
@@ -232,12 +235,12 @@ def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.devic
            "feature_dim": model.feature_dim}
     if any_to_any:
         out["any_to_any"] = {pair: results[pair] for pair in cross}
-        alone = [View(DROP, s) for s in single_settings(model.modalities).values()]
-        centres = training_centres(cfg, model, dataset, device, alone, progress=False)
-        out["centred"] = score_centred(cfg, dataset, feats, [(q, g) for q in alone for g in alone if q != g], device,
-                                       centres)
+        setting = single_settings(model.modalities)
+        singles = [View(DROP, setting[m]) for m in model.modalities]
+        centres = training_centres(cfg, model, dataset, device, singles, progress=False)
+        out["centred"] = score_centred(cfg, dataset, feats, [(q, g) for q in singles for g in singles if q != g],
+                                       device, centres)
         if shared is not None:
-            setting = single_settings(model.modalities)
             alone = {m: feats[View(DROP, setting[m])] for m in model.modalities}
             out["probe"] = shared_cue_probe(alone, evaluation_samples(dataset), shared, cfg.TEST.FEAT_NORM)
     return out
