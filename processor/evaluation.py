@@ -21,7 +21,7 @@ from .device import BatchToDevice, tf32
 from .distributed import DistInfo, gather_rows
 
 __all__ = ["View", "evaluate", "evaluate_pairs", "evaluation_features", "evaluation_samples", "extract_features",
-           "extract_views", "score_features", "score_pairs", "view_features"]
+           "extract_views", "pair_views", "score_features", "score_pairs", "view_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class View(NamedTuple):
 
     protocol: str
     setting: str
+
+
+def pair_views(pairs: Sequence[tuple[View, View]]) -> list[View]:
+    """Every view the (query view, gallery view) pairs name, once, in order of appearance."""
+    return list(dict.fromkeys(view for pair in pairs for view in pair))
 
 
 def _canonical(view: View) -> View:
@@ -154,8 +159,8 @@ def evaluate_pairs(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device
     """Evaluate ``model`` on the dataset's query/gallery under its protocol, for every (query view, gallery
     view) pair: the query samples seen as the first view are ranked against the gallery seen as the second
     (any-to-any retrieval when they differ). Every image is encoded once."""
-    views = list(dict.fromkeys(v for pair in pairs for v in pair))
-    return score_pairs(cfg, dataset, view_features(cfg, model, dataset, device, views, progress), pairs, device)
+    return score_pairs(cfg, dataset, view_features(cfg, model, dataset, device, pair_views(pairs), progress), pairs,
+                       device)
 
 
 def evaluate(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,

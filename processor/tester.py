@@ -14,7 +14,7 @@ from utils.modalities import ALL, NONE, PROTOCOLS, miss_settings
 
 from .cli import log_mapped_settings
 from .device import prepare_model, resolve_device
-from .evaluation import View, evaluate_pairs, view_features
+from .evaluation import View, evaluate_pairs, pair_views, view_features
 from .results import any_to_any_record, format_any_to_any, format_results, results_record, write_results
 from .view_centres import cross_views, score_centred, training_centres
 
@@ -64,7 +64,7 @@ def test(cfg: CfgNode) -> dict:
         queries = _settings(cfg.TEST.QUERY_MISS or cfg.TEST.MISS, modalities)
         galleries = _settings(cfg.TEST.GALLERY_MISS or cfg.TEST.MISS, modalities)
         pairs = [(View(protocol, q), View(protocol, g)) for q in queries for g in galleries]
-        feats = view_features(cfg, model, dataset, device, list(dict.fromkeys(v for pair in pairs for v in pair)))
+        feats = view_features(cfg, model, dataset, device, pair_views(pairs))
         centred = cross_views(pairs) if cfg.TEST.CENTRE_VIEWS else []
         centres = training_centres(cfg, model, dataset, device, centred) if centred else None
         results = score_centred(cfg, dataset, feats, pairs, device, centres)
@@ -73,7 +73,7 @@ def test(cfg: CfgNode) -> dict:
                   **first.as_percent(), "num_valid_queries": first.num_valid,
                   "any_to_any": {**any_to_any_record(results, modalities), "centred_views": bool(centred)}}
         note = ("\ncells whose query and gallery keep different modalities: each side centred on its training mean "
-                "(TEST.CENTRE_VIEWS)" if centres else "")
+                "(TEST.CENTRE_VIEWS)" if centred else "")
         logger.info("results on %s (%s):\n%s%s", dataset.name, cfg.TEST.WEIGHT, format_any_to_any(results, modalities),
                     note)
     else:

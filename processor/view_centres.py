@@ -18,14 +18,14 @@ from model import MHCF
 from utils.metrics import RankResult
 
 from .distributed import DistInfo
-from .evaluation import View, score_pairs, view_features
+from .evaluation import View, pair_views, score_pairs, view_features
 
 __all__ = ["cross_views", "score_centred", "training_centres"]
 
 
 def cross_views(pairs: Sequence[tuple[View, View]]) -> list[View]:
     """The views of the pairs whose query and gallery views differ (those that centring changes)."""
-    return list(dict.fromkeys(view for pair in pairs if pair[0] != pair[1] for view in pair))
+    return pair_views([pair for pair in pairs if pair[0] != pair[1]])
 
 
 def training_centres(cfg: CfgNode, model: MHCF, dataset: MultiModalDataset, device: torch.device,

@@ -31,10 +31,11 @@ Then it evaluates, on the test set, with the dataset's own protocol:
    baseline (features drawn independently per sample, mean and spread over 20 draws). Target: every
    single-modality -> single-modality cell of the robust model at least MARGIN (3) mAP points above the
    baseline; the same cells again with each side centred on its modality's training mean
-   (TEST.CENTRE_VIEWS). On the Synthetic set the only identity cue two modalities share is the build (4 values), so
-   the table also gives the ceiling of such a cell: features that know the build exactly and nothing else,
-   and a probe of the single-modality features: how well each tells the build apart, and whether another
-   modality's features express it alike (nearest build centre, two folds of the test identities).
+   (TEST.CENTRE_VIEWS). On the Synthetic set the only identity cue two modalities share is the build (4
+   values), so the table also gives the ceiling of such a cell: features that know the build exactly and
+   nothing else, and a probe of the single-modality features: how well each tells the build apart, and
+   whether another modality's features express it alike (nearest build centre, two folds of the test
+   identities).
 
 Prints the tables and writes ``robustness.json`` and ``robustness.md`` into ``--runs``. Every figure is
 the final epoch of a run with a recipe fixed before it was evaluated; nothing is selected on the test set by
@@ -54,7 +55,7 @@ from config import load_config, saved_values
 from config.validate import LENGTH, MODEL, RULES, TRAINING, flat_items
 from datasets import MultiModalDataset, Sample, make_dataset
 from processor.device import resolve_device
-from processor.evaluation import View, evaluation_samples, score_pairs, view_features
+from processor.evaluation import View, evaluation_samples, pair_views, score_pairs, view_features
 from processor.results import any_to_any_record, format_any_to_any, format_results
 from processor.trainer import train
 from processor.view_centres import score_centred, training_centres
@@ -228,8 +229,7 @@ def evaluate_model(cfg: CfgNode, dataset: MultiModalDataset, device: torch.devic
     pairs = [(View(p, s), View(p, s)) for p in PROTOCOLS for s in settings]
     cross = [(View(DROP, q), View(DROP, g)) for q in settings for g in settings] if any_to_any else []
     compared = list(dict.fromkeys(pairs + cross))
-    feats = view_features(cfg, model, dataset, device, list(dict.fromkeys(v for pair in compared for v in pair)),
-                          progress=False)
+    feats = view_features(cfg, model, dataset, device, pair_views(compared), progress=False)
     results = score_pairs(cfg, dataset, feats, compared, device)
     out = {"sweeps": {p: {s: results[(View(p, s), View(p, s))] for s in settings} for p in PROTOCOLS},
            "feature_dim": model.feature_dim}
@@ -307,9 +307,9 @@ def report(configs: dict[str, CfgNode], states: dict[str, str], device: torch.de
         ceiling = random_baseline(robust_cfg, dataset, dim, labels=shared)
     singles = list(single_settings(modalities).values())
     cells, centred = {}, {}
+    cross = [(View(DROP, q), View(DROP, g)) for q in singles for g in singles if q != g]
     for name in ("robust", "standard"):
         table, centred_table = evaluated[name]["any_to_any"], evaluated[name]["centred"]
-        cross = [(View(DROP, q), View(DROP, g)) for q in singles for g in singles if q != g]
         cells[name] = {f"{names[q.setting]}->{names[g.setting]}": table[(q, g)].as_percent()["mAP"] for q, g in cross}
         centred[name] = {f"{names[q.setting]}->{names[g.setting]}": centred_table[(q, g)].as_percent()["mAP"]
                          for q, g in cross}
